@@ -1,0 +1,51 @@
+"""The `prefcurate` command: one Typer app, each command defined in its own module.
+
+Command modules import only typer and the standard library at top level (heavy imports happen
+inside the command body), so `prefcurate --help` stays instant.
+"""
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="prefcurate",
+    help="Curate pairwise human-preference data for text-to-image models and train them with Adaptive-DPO.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+# (command name, "module:function") for single commands; (group name, "module:app") for groups.
+COMMANDS: list[tuple[str, str]] = [
+    ("ingest", "curate.cli.ingest:ingest"),
+]
+GROUPS: list[tuple[str, str]] = [
+]
+
+
+def _resolve(target: str):
+    module, attr = target.split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+for _name, _target in COMMANDS:
+    app.command(_name)(_resolve(_target))
+for _name, _target in GROUPS:
+    app.add_typer(_resolve(_target), name=_name)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    if version:
+        from curate import __version__
+
+        typer.echo(f"prefcurate {__version__}")
+        raise typer.Exit()
+
+
+def main() -> None:
+    app()

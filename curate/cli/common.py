@@ -1,0 +1,63 @@
+"""Options and error handling shared by the stage commands (typer and stdlib only at import)."""
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+class ExecutorName(str, Enum):
+    local = "local"
+    dask = "dask"
+
+
+ExecutorOpt = Annotated[ExecutorName, typer.Option("--executor", help="local: in-process, no server (default). "
+                                                   "dask: a LocalCluster of --workers processes, or --scheduler.")]
+SchedulerOpt = Annotated[Optional[str], typer.Option("--scheduler", help="Address of a running Dask scheduler "
+                                                     "(tcp://HOST:PORT); implies --executor dask.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Worker processes of the Dask LocalCluster.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Keep the shards an interrupted run finished; refused "
+                                         "if the config or the inputs changed.")]
+DatasetArg = Annotated[Path, typer.Argument(help="The dataset directory (made by `prefcurate ingest`).",
+                                            exists=True, file_okay=False, dir_okay=True)]
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print an error for a person (no traceback) and exit."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def run_stage_cli(stage, dataset_dir: Path, executor: ExecutorName = ExecutorName.local,
+                  scheduler: str | None = None, workers: int = 2, resume: bool = False, skip_complete: bool = False):
+    """Run a stage for a command: expected failures become one clear message, not a traceback."""
+    from curate.dataset import DatasetError
+    from curate.runner import FingerprintMismatch, make_executor, run_stage
+    from curate.schema import SchemaError
+
+    expected = (FingerprintMismatch, DatasetError, SchemaError, *_source_errors())
+    try:
+        with make_executor(executor.value, scheduler=scheduler, workers=workers) as ex:
+            return run_stage(stage, dataset_dir, ex, resume=resume, skip_complete=skip_complete)
+    except expected as exc:
+        fail(str(exc))
+
+
+def _source_errors() -> tuple[type[Exception], ...]:
+    from curate.ingest.pickapic import SourceError
+
+    return (SourceError,)
+
+
+def print_counts(title: str, rows: list[tuple[str, object]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    for name, value in rows:
+        table.add_row(name, f"{value:,}" if isinstance(value, int) else str(value))
+    Console().print(table)

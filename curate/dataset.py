@@ -1,0 +1,211 @@
+"""A dataset directory: tables stored as Arrow IPC shard files, written atomically.
+
+    DATASET_DIR/
+      tables/<table>/<shard>.arrow     one file per shard, declared schema (see schemas/)
+      runs/<stage>/                     fingerprint, per-shard completion records, manifest
+
+A shard file is written to a hidden temporary name in the same folder and renamed into place,
+so a reader never sees a half-written shard.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from curate.schema import TableSchema
+
+# Image bytes are already compressed (PNG/JPEG); compressing them again costs time for nothing.
+_UNCOMPRESSED = {"images"}
+
+
+class DatasetError(RuntimeError):
+    """A dataset directory is missing, incomplete, or holds something unexpected."""
+
+
+@dataclass(frozen=True)
+class WrittenShard:
+    """What a shard writer produced: file name, rows and the SHA-256 of the file's bytes."""
+
+    file: str
+    rows: int
+    sha256: str
+
+
+class _HashingSink:
+    """A binary file that hashes what passes through it, so a checksum costs no second read."""
+
+    def __init__(self, path: Path):
+        self._file = open(path, "wb")
+        self._hash = hashlib.sha256()
+        self.closed = False
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        self._hash.update(view)
+        return self._file.write(view)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+            self.closed = True
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+class ShardWriter:
+    """Streams validated batches of one declared table into ``path``; ``close()`` renames it into place.
+
+    Until ``close()`` the data sits under a hidden temporary name; ``abort()`` removes it.
+    """
+
+    def __init__(self, path: Path, schema: TableSchema, **dims: int):
+        self.path, self.schema = Path(path), schema
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".tmp-{uuid.uuid4().hex}-{self.path.name}")
+        self._arrow_schema = schema.arrow(**dims)
+        options = ipc.IpcWriteOptions(compression=None if schema.name in _UNCOMPRESSED else "zstd")
+        self._sink = _HashingSink(self._tmp)
+        self._writer = ipc.new_file(pa.PythonFile(self._sink, mode="w"), self._arrow_schema, options=options)
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        if batch.num_rows == 0:
+            return
+        if batch.schema.metadata != self._arrow_schema.metadata:
+            batch = batch.replace_schema_metadata(self._arrow_schema.metadata)
+        self.schema.validate(batch, where=str(self.path))
+        if isinstance(batch, pa.Table):
+            self._writer.write_table(batch)
+        else:
+            self._writer.write_batch(batch)
+        self.rows += batch.num_rows
+
+    def close(self) -> WrittenShard:
+        self._writer.close()
+        self._sink.close()
+        os.replace(self._tmp, self.path)
+        return WrittenShard(file=self.path.name, rows=self.rows, sha256=self._sink.hexdigest())
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+        except Exception:  # the writer may already be broken; the temporary file goes either way
+            pass
+        self._sink.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+def write_shard(path: Path, schema: TableSchema, batches: Iterable[pa.RecordBatch], **dims: int) -> WrittenShard:
+    """Write ``batches`` (validated against ``schema``) to ``path`` atomically; return rows and checksum."""
+    writer = ShardWriter(path, schema, **dims)
+    try:
+        for batch in batches:
+            writer.write(batch)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.close()
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON to ``path`` via a temporary file and a rename; keys sorted so bytes are reproducible."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Dataset:
+    """A dataset directory. Reading streams shard by shard, batch by batch: memory follows the shard."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"Dataset({str(self.root)!r})"
+
+    def table_dir(self, table: str) -> Path:
+        return self.root / "tables" / table
+
+    def run_dir(self, stage: str) -> Path:
+        return self.root / "runs" / stage
+
+    def has(self, table: str) -> bool:
+        return bool(self.shards(table))
+
+    def tables(self) -> list[str]:
+        base = self.root / "tables"
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and self.shards(p.name)) if base.is_dir() else []
+
+    def shards(self, table: str) -> list[Path]:
+        folder = self.table_dir(table)
+        return sorted(p for p in folder.glob("*.arrow") if not p.name.startswith(".")) if folder.is_dir() else []
+
+    def require(self, table: str, hint: str) -> list[Path]:
+        shards = self.shards(table)
+        if not shards:
+            raise DatasetError(f"{self.root}: no '{table}' table (looked in {self.table_dir(table)}); {hint}")
+        return shards
+
+    def read_batches(self, table: str, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+        for shard in self.shards(table):
+            yield from read_shard_batches(shard, columns)
+
+    def read_table(self, table: str, columns: list[str] | None = None) -> pa.Table:
+        """The whole table in memory: for small tables (annotators, per-prompt aggregates) only."""
+        parts = [read_shard(s, columns) for s in self.shards(table)]
+        if not parts:
+            raise DatasetError(f"{self.root}: no '{table}' table to read")
+        return pa.concat_tables(parts)
+
+    def num_rows(self, table: str) -> int:
+        total = 0
+        for shard in self.shards(table):
+            with ipc.open_file(pa.memory_map(str(shard))) as reader:
+                total += sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+        return total
+
+    def scan(self, table: str):
+        """A polars LazyFrame over the table's shards (polars imported here, not at start-up)."""
+        import polars as pl
+
+        shards = self.shards(table)
+        if not shards:
+            raise DatasetError(f"{self.root}: no '{table}' table to scan")
+        return pl.scan_ipc([str(s) for s in shards], memory_map=True)
+
+
+def read_shard_batches(path: Path, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    with ipc.open_file(pa.memory_map(str(path))) as reader:
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
+            yield batch.select(columns) if columns else batch
+
+
+def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
+    with ipc.open_file(pa.memory_map(str(path))) as reader:
+        table = reader.read_all()
+    return table.select(columns) if columns else table

@@ -1,0 +1,116 @@
+"""HPDv2 JSON: train.json rankings and test.json per-annotator rankings, expanded into pairs.
+
+Expansion order (it numbers ``source_item``, which the ground truth of the synthetic world uses):
+- train.json record: ``file_path``/``human_preference``; for each i < j in order, one pair (A = i,
+  B = j); the higher preference wins, equal preferences are a tie.
+- test.json record: for each raw annotation k in order, for each i < j in order, one pair from that
+  annotator's ``rank`` (lower rank wins; equal ranks tie); ``source_item = k * C(n,2) + pair index``.
+  A record without ``raw_annotations`` uses its averaged ``rank`` once, with no annotator.
+"""
+from __future__ import annotations
+
+import json
+from itertools import combinations
+from pathlib import Path
+
+import pyarrow as pa
+
+from curate.ingest.candidates import CANDIDATE_SCHEMA
+from curate.ingest.images import load_image_ref
+from curate.ingest.pickapic import SourceError
+from curate.ingest.reasons import Reason, Rejected
+
+
+def load_records(path: Path) -> list:
+    try:
+        records = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SourceError(f"{path}: not readable as HPDv2 JSON ({exc}); --format hpdv2 expects train.json "
+                          f"or test.json of the HPDv2 release") from None
+    if not isinstance(records, list):
+        raise SourceError(f"{path}: HPDv2 JSON must be a list of records, found {type(records).__name__}")
+    return records
+
+
+def plan(path: Path, shard_rows: int, image_root: Path) -> list[dict]:
+    records = load_records(path)
+    return [{"file": str(path), "first_row": start, "records": records[start:start + shard_rows],
+             "image_root": str(image_root)} for start in range(0, max(len(records), 1), shard_rows) if records]
+
+
+def _rankings(record: dict) -> tuple[list, list[tuple[list, str | None]]]:
+    """(image paths, [(ranking, annotator)]) with rank semantics 'lower wins' for every ranking."""
+    if "file_path" in record:  # train.json: preference 1 marks the chosen image(s): negate so lower wins
+        paths, prefs = record["file_path"], record.get("human_preference")
+        if not isinstance(prefs, list):
+            raise Rejected(Reason.MISSING_LABEL, "human_preference is missing")
+        return paths, [([-p for p in prefs], None)]
+    paths = record.get("image_path")
+    annotations = record.get("raw_annotations") or []
+    if annotations:
+        return paths, [(a.get("rank"), a.get("user_hash")) for a in annotations]
+    if record.get("rank") is None:
+        raise Rejected(Reason.MISSING_LABEL, "record has neither raw_annotations nor rank")
+    return paths, [(record["rank"], None)]
+
+
+def _check_record(record) -> tuple[str, list, list]:
+    if not isinstance(record, dict):
+        raise Rejected(Reason.BAD_TYPE, f"record is {type(record).__name__}, expected an object")
+    paths, rankings = _rankings(record)
+    if not isinstance(paths, list) or len(paths) < 2 or not all(isinstance(p, str) for p in paths):
+        raise Rejected(Reason.BAD_TYPE, f"image paths {paths!r} must be a list of at least two strings")
+    for ranking, _ in rankings:
+        if not isinstance(ranking, list) or len(ranking) != len(paths) or not all(
+                isinstance(r, (int, float)) and not isinstance(r, bool) for r in ranking):
+            raise Rejected(Reason.BAD_TYPE, f"ranking {ranking!r} must hold one number per image ({len(paths)})")
+    prompt = record.get("prompt")
+    if prompt is not None and not isinstance(prompt, str):
+        raise Rejected(Reason.BAD_TYPE, f"prompt {prompt!r} is not text")
+    return prompt, paths, rankings
+
+
+def _row(row: int, item: int, prompt, **values) -> dict:
+    base = dict.fromkeys(CANDIDATE_SCHEMA.names)
+    base.update(source_row=row, source_item=item, prompt=prompt, raw_index=row, **values)
+    return base
+
+
+def read(spec: dict, batch_rows: int):
+    records, first, root = spec["records"], spec["first_row"], Path(spec["image_root"])
+    rows: list[dict] = []
+    for offset, record in enumerate(records):
+        row_index = first + offset
+        try:
+            prompt, paths, rankings = _check_record(record)
+        except Rejected as exc:
+            rows.append(_row(row_index, 0, None, reason=exc.reason.value, message=exc.message))
+            continue
+        images: list = []
+        for p in paths:
+            try:
+                images.append(load_image_ref(p, root, allow_network=False))
+            except Rejected as exc:
+                images.append(exc)
+        pairs = list(combinations(range(len(paths)), 2))
+        for k, (ranking, annotator) in enumerate(rankings):
+            for p_index, (i, j) in enumerate(pairs):
+                item = k * len(pairs) + p_index
+                bad = next((x for x in (images[i], images[j]) if isinstance(x, Rejected)), None)
+                label = "a" if ranking[i] < ranking[j] else "b" if ranking[j] < ranking[i] else "tie"
+                values = dict(annotator_id=annotator, label=label)
+                if bad is not None:
+                    values.update(reason=bad.reason.value, message=bad.message)
+                else:
+                    values.update(bytes_a=images[i], bytes_b=images[j])
+                rows.append(_row(row_index, item, prompt, **values))
+        if len(rows) >= batch_rows:
+            yield _flush(rows, records, first)
+            rows = []
+    if rows:
+        yield _flush(rows, records, first)
+
+
+def _flush(rows: list[dict], records: list, first: int):
+    table = pa.Table.from_pylist(rows, schema=CANDIDATE_SCHEMA)
+    return table, (lambda i: records[i - first] if isinstance(records[i - first], dict) else {"record": records[i - first]})
