@@ -8,31 +8,16 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import unicodedata
 
 import numpy as np
+import xxhash
 
-_SPACES = re.compile(r"\s+")
 
 
 def image_id(data: bytes) -> str:
     """First 32 hex digits (128 bits) of the SHA-256 of the encoded image bytes."""
     return hashlib.sha256(data).hexdigest()[:32]
-
-
-def uid_image_id(uid: str) -> str:
-    """Id of an image known only by a source uid (metadata-only sources such as pickapic_v2_no_images)."""
-    return hashlib.sha256(b"uid:" + uid.encode()).hexdigest()[:32]
-
-
-def normalize_prompt(text: str) -> str:
-    """NFC, trimmed, runs of whitespace collapsed to one space; case is kept (it can matter to a model)."""
-    return _SPACES.sub(" ", unicodedata.normalize("NFC", text)).strip()
-
-
-def prompt_id(text: str) -> str:
-    return hashlib.sha256(normalize_prompt(text).encode()).hexdigest()[:24]
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -83,6 +68,42 @@ def pair_ids(source: str, source_rows, source_items):
 def pair_id(source: str, source_row: int, source_item: int = 0) -> str:
     """Stable pair id from ``source`` (``"<format>:<file name>"``), the record index and the item within it."""
     return pair_ids(source, [source_row], [source_item])[0].as_py()
+
+
+def normalize_prompt(text: str) -> str:
+    """NFC, runs of (Unicode) whitespace collapsed to one space, trimmed; case is kept (it can matter to a model)."""
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def prompt_id(text: str) -> str:
+    """XXH3-128 of the normalised prompt's UTF-8 bytes, as 32 hex digits (stable: XXH3 is a frozen spec)."""
+    return xxhash.xxh3_128_hexdigest(normalize_prompt(text).encode())
+
+
+def uid_image_id(uid: str) -> str:
+    """Id of an image known only by a source uid (metadata-only sources such as pickapic_v2_no_images)."""
+    return xxhash.xxh3_128_hexdigest(b"uid:" + uid.encode())
+
+
+def _map_distinct(fn, strings):
+    """Apply ``fn`` to each distinct non-null string once; an Arrow string array, nulls kept."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    encoded = pc.dictionary_encode(pa.array(strings, pa.string()) if isinstance(strings, list) else strings)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    return pa.array([fn(s) for s in encoded.dictionary.to_pylist()], pa.string()).take(encoded.indices)
+
+
+def prompt_ids(prompts):
+    """prompt_id of each prompt in an Arrow array (or list), hashing each distinct prompt once."""
+    return _map_distinct(prompt_id, prompts)
+
+
+def uid_image_ids(uids):
+    """uid_image_id of each uid in an Arrow array (or list); null uids stay null."""
+    return _map_distinct(uid_image_id, uids)
 
 
 def source_name(fmt: str, file_name: str) -> str:

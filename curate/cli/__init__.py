@@ -20,6 +20,8 @@ app = typer.Typer(
 # (command name, "module:function") for single commands; (group name, "module:app") for groups.
 COMMANDS: list[tuple[str, str]] = [
     ("ingest", "curate.cli.ingest:ingest"),
+    ("train", "curate.cli.train:train"),
+    ("sample", "curate.cli.train:sample"),
 ]
 GROUPS: list[tuple[str, str]] = [
 ]

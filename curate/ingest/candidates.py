@@ -40,6 +40,7 @@ class ShardState:
     pair_hi: list[np.ndarray] = field(default_factory=list)
     pair_lo: list[np.ndarray] = field(default_factory=list)
     image_ids: list[str] = field(default_factory=list)
+    last_bytes: dict[str, list] = field(default_factory=dict)  # the current batch's decoded byte columns
 
     def partial(self) -> dict:
         cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.uint64)  # noqa: E731
@@ -52,12 +53,8 @@ def image_keys(image_ids: list[str]) -> np.ndarray:
     return np.array([int(i[:16], 16) for i in image_ids], dtype=np.uint64)
 
 
-def _check_side(data: bytes | None, uid: str | None, state: ShardState) -> str:
-    """Image id of one side, checking each distinct image once per shard."""
-    if data is None:
-        if uid is None:
-            raise Rejected(Reason.BAD_TYPE, "row has neither image bytes nor an image uid")
-        return ids.uid_image_id(uid)
+def _check_bytes(data: bytes, state: ShardState) -> str:
+    """Image id of encoded bytes, checking each distinct image once per shard."""
     image_id = hashlib.sha256(data).hexdigest()[:32]
     verdict = state.checked.get(image_id)
     if verdict is None:
@@ -71,55 +68,63 @@ def _check_side(data: bytes | None, uid: str | None, state: ShardState) -> str:
     return image_id
 
 
+def _image_ids(cand: pa.Table, side: str, reasons: np.ndarray, messages: np.ndarray, state: ShardState) -> np.ndarray:
+    """Ids of one side's images; rows whose image fails a check get its reason (if they had none)."""
+    result = ids.uid_image_ids(cand[f"uid_{side}"]).to_numpy(zero_copy_only=False).astype(object)
+    data = cand[f"bytes_{side}"]
+    if data.null_count == len(data):
+        return result
+    values = data.to_pylist()
+    for i in np.flatnonzero(reasons == None):  # noqa: E711 (numpy object comparison)
+        if values[i] is None:
+            continue
+        try:
+            result[i] = _check_bytes(values[i], state)
+        except Rejected as exc:
+            reasons[i], messages[i] = exc.reason.value, exc.message
+    state.last_bytes[side] = values
+    return result
+
+
+def _reject(mask: np.ndarray, reasons: np.ndarray, messages: np.ndarray, reason: Reason, message) -> None:
+    """Give ``reason`` to rows in ``mask`` that have none yet: the first failed check wins."""
+    hit = mask & (reasons == None)  # noqa: E711
+    reasons[hit] = reason.value
+    messages[hit] = message if isinstance(message, str) else message[hit]
+
+
 def assemble(cand: pa.Table, *, source: str, split: str, raw_row: Callable[[int], dict], state: ShardState,
              stats) -> Iterator[tuple[str, pa.Table]]:
     """Check candidates and yield ``("pairs"|"images"|"rejects", table)``; update ``stats`` and ``state``."""
     n = cand.num_rows
-    reasons = cand["reason"].to_pylist()
-    messages = cand["message"].to_pylist()
-    prompts = cand["prompt"]
-    empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(prompts), ""), True).to_pylist()
-    bytes_a, bytes_b = cand["bytes_a"].to_pylist(), cand["bytes_b"].to_pylist()
-    uid_a, uid_b = cand["uid_a"].to_pylist(), cand["uid_b"].to_pylist()
-    id_a: list[str | None] = [None] * n
-    id_b: list[str | None] = [None] * n
-    for i in range(n):
-        if reasons[i] is not None:
-            continue
-        try:
-            if empty[i]:
-                raise Rejected(Reason.EMPTY_PROMPT, "prompt is empty")
-            id_a[i] = _check_side(bytes_a[i], uid_a[i], state)
-            id_b[i] = _check_side(bytes_b[i], uid_b[i], state)
-            if id_a[i] == id_b[i]:
-                raise Rejected(Reason.IDENTICAL_IMAGES, f"both images are the same image ({id_a[i]}): no preference signal")
-        except Rejected as exc:
-            reasons[i], messages[i] = exc.reason.value, exc.message
-    accepted = np.array([r is None for r in reasons], dtype=bool)
+    reasons = cand["reason"].to_numpy(zero_copy_only=False).astype(object)
+    messages = cand["message"].to_numpy(zero_copy_only=False).astype(object)
+    empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(cand["prompt"]), ""), True).to_numpy(zero_copy_only=False)
+    _reject(empty, reasons, messages, Reason.EMPTY_PROMPT, "prompt is empty")
+    state.last_bytes = {}
+    id_a = _image_ids(cand, "a", reasons, messages, state)
+    id_b = _image_ids(cand, "b", reasons, messages, state)
+    _reject((id_a == None) | (id_b == None), reasons, messages, Reason.BAD_TYPE,  # noqa: E711
+            "row has neither image bytes nor an image uid")
+    same = id_a == id_b
+    _reject(same, reasons, messages, Reason.IDENTICAL_IMAGES,
+            np.array([f"both images are the same image ({i}): no preference signal" for i in id_a], dtype=object)
+            if same.any() else "")
+    accepted = reasons == None  # noqa: E711
     stats["items"] += n
     stats["accepted"] += int(accepted.sum())
-    for r in reasons:
-        if r is not None:
-            stats[f"rejected:{r}"] += 1
+    codes, counts = np.unique(reasons[~accepted].astype(str), return_counts=True)
+    for code, count in zip(codes, counts):
+        stats[f"rejected:{code}"] += int(count)
 
     if accepted.any():
-        keep = pa.array(np.flatnonzero(accepted))
-        yield "pairs", _pairs_table(cand.take(keep), [id_a[i] for i in keep.to_pylist()],
-                                    [id_b[i] for i in keep.to_pylist()], source, split, state)
-        images = _new_images(accepted, id_a, id_b, bytes_a, bytes_b, state)
+        keep = np.flatnonzero(accepted)
+        yield "pairs", _pairs_table(cand.take(pa.array(keep)), id_a[keep], id_b[keep], source, split, state)
+        images = _new_images(keep, id_a, id_b, state)
         if images is not None:
             yield "images", images
     if not accepted.all():
         yield "rejects", _rejects_table(cand, reasons, messages, ~accepted, source, raw_row)
-
-
-def _prompt_ids(prompts: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """prompt_id per row, hashing each distinct prompt once."""
-    encoded = pc.dictionary_encode(prompts)
-    if isinstance(encoded, pa.ChunkedArray):
-        encoded = encoded.combine_chunks()
-    uniques = pa.array([ids.prompt_id(p) for p in encoded.dictionary.to_pylist()], pa.string())
-    return uniques.take(encoded.indices)
 
 
 def _pairs_table(cand: pa.Table, id_a: list[str], id_b: list[str], source: str, split: str,
@@ -131,8 +136,8 @@ def _pairs_table(cand: pa.Table, id_a: list[str], id_b: list[str], source: str, 
     hi, lo = ids.pair_id_words(source, rows, items)
     n = cand.num_rows
     table = schemas.load("pairs").table({
-        "pair_id": ids.hex_words(hi, lo), "prompt": cand["prompt"], "prompt_id": _prompt_ids(cand["prompt"]),
-        "image_a_id": pa.array(id_a, pa.string()), "image_b_id": pa.array(id_b, pa.string()),
+        "pair_id": ids.hex_words(hi, lo), "prompt": cand["prompt"], "prompt_id": ids.prompt_ids(cand["prompt"]),
+        "image_a_id": pa.array(id_a.tolist(), pa.string()), "image_b_id": pa.array(id_b.tolist(), pa.string()),
         "label": cand["label"], "annotator_id": cand["annotator_id"], "votes_a": cand["votes_a"],
         "votes_b": cand["votes_b"], "model_a": cand["model_a"], "model_b": cand["model_b"],
         "created_at": cand["created_at"], "source": pa.array([source] * n, pa.string()),
@@ -147,10 +152,14 @@ def _pairs_table(cand: pa.Table, id_a: list[str], id_b: list[str], source: str, 
     return table
 
 
-def _new_images(accepted, id_a, id_b, bytes_a, bytes_b, state: ShardState) -> pa.Table | None:
+def _new_images(keep: np.ndarray, id_a, id_b, state: ShardState) -> pa.Table | None:
+    """Images of accepted pairs that this shard has not written yet (sources with bytes only)."""
     rows: dict[str, list] = {"image_id": [], "bytes": [], "format": [], "width": [], "height": []}
-    for i in np.flatnonzero(accepted):
-        for image_id, data in ((id_a[i], bytes_a[i]), (id_b[i], bytes_b[i])):
+    bytes_a, bytes_b = state.last_bytes.get("a"), state.last_bytes.get("b")
+    if bytes_a is None and bytes_b is None:
+        return None
+    for i in keep:
+        for image_id, data in ((id_a[i], bytes_a and bytes_a[i]), (id_b[i], bytes_b and bytes_b[i])):
             if data is None or image_id in state.emitted:
                 continue
             state.emitted.add(image_id)
@@ -178,7 +187,7 @@ def describe_row(row: dict) -> str:
 
 
 def _rejects_table(cand, reasons, messages, rejected, source, raw_row) -> pa.Table:
-    idx = np.flatnonzero(rejected)
+    idx = np.flatnonzero(rejected).tolist()
     raw_index = cand["raw_index"].to_pylist()
     return schemas.load("rejects").table({
         "source": [source] * len(idx),

@@ -41,14 +41,68 @@ def _looks_truncated(data: bytes, fmt: str) -> bool:
     return False
 
 
+class _BadHeader(ValueError):
+    pass
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise _BadHeader("PNG without an IHDR chunk")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """Walk the marker segments up to the first start-of-frame, which holds the size."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise _BadHeader(f"JPEG marker expected at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker in _JPEG_SOF:
+            if pos + 9 > len(data):
+                break
+            return int.from_bytes(data[pos + 7:pos + 9], "big"), int.from_bytes(data[pos + 5:pos + 7], "big")
+        if length < 2:
+            raise _BadHeader(f"JPEG segment of length {length} at byte {pos}")
+        pos += 2 + length
+    raise _BadHeader("JPEG without a start-of-frame segment")
+
+
+def _webp_size(data: bytes) -> tuple[int, int]:
+    chunk = data[12:16]
+    if chunk == b"VP8 " and len(data) >= 30:
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    if chunk == b"VP8L" and len(data) >= 25:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X" and len(data) >= 30:
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    raise _BadHeader("WebP without a VP8/VP8L/VP8X chunk")
+
+
+_SIZE = {
+    "png": _png_size,
+    "jpeg": _jpeg_size,
+    "gif": lambda d: (int.from_bytes(d[6:8], "little"), int.from_bytes(d[8:10], "little")),
+    "bmp": lambda d: (int.from_bytes(d[18:22], "little", signed=True), abs(int.from_bytes(d[22:26], "little", signed=True))),
+    "webp": _webp_size,
+}
+
+
 def inspect_image(data: bytes, full_decode: bool = False) -> tuple[str, int, int]:
     """(format, width, height) of encoded bytes, or Rejected(undecodable/truncated).
 
-    By default the header is parsed and the end of the stream checked; ``full_decode`` also decodes
-    every pixel (slower, catches corruption inside the stream).
+    By default the header is parsed here (microseconds, no decoder) and the end of the stream is
+    checked for its end marker; ``full_decode`` also decodes every pixel with Pillow, which catches
+    corruption inside the stream at a much higher cost.
     """
-    from PIL import Image
-
     if not data:
         raise Rejected(Reason.UNDECODABLE_IMAGE, "image is empty (0 bytes)")
     fmt = sniff_format(data)
@@ -56,16 +110,28 @@ def inspect_image(data: bytes, full_decode: bool = False) -> tuple[str, int, int
         raise Rejected(Reason.UNDECODABLE_IMAGE,
                        f"bytes start with {data[:8]!r}: not a PNG, JPEG, WebP, GIF or BMP signature")
     try:
+        width, height = _SIZE[fmt](data)
+    except _BadHeader as exc:
+        code = Reason.TRUNCATED_IMAGE if len(data) < 64 else Reason.UNDECODABLE_IMAGE
+        raise Rejected(code, f"{fmt} header is invalid: {exc}") from None
+    if width <= 0 or height <= 0:
+        raise Rejected(Reason.UNDECODABLE_IMAGE, f"{fmt} header gives a size of {width}x{height}")
+    if _looks_truncated(data, fmt):
+        raise Rejected(Reason.TRUNCATED_IMAGE, f"{fmt} image of {len(data)} bytes ends before its end marker")
+    if full_decode:
+        _decode(data, fmt)
+    return fmt, width, height
+
+
+def _decode(data: bytes, fmt: str) -> None:
+    from PIL import Image
+
+    try:
         with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            if full_decode:
-                img.load()
+            img.load()
     except Exception as exc:  # PIL raises many types for bad data; all mean the same here
         code = Reason.TRUNCATED_IMAGE if "truncat" in str(exc).lower() else Reason.UNDECODABLE_IMAGE
         raise Rejected(code, f"{fmt} image could not be decoded: {exc}") from None
-    if _looks_truncated(data, fmt):
-        raise Rejected(Reason.TRUNCATED_IMAGE, f"{fmt} image of {len(data)} bytes ends before its end marker")
-    return fmt, width, height
 
 
 def resolve_in_root(path: str, root: Path) -> Path:

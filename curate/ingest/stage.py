@@ -85,7 +85,7 @@ class IngestStage(Stage):
     mapping: dict[str, str] = field(default_factory=dict)
     split: str | None = None
     shard_rows: int = 20_000
-    batch_rows: int = 2_000
+    batch_rows: int = 10_000
     allow_network: bool = False
     full_decode: bool = False
 
