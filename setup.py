@@ -1,0 +1,8 @@
+"""Packages: curate/ plus the top-level schemas/ folder, shipped inside the wheel as curate/schemas
+(where curate.schema finds the versioned declarations). Everything else is in pyproject.toml."""
+from setuptools import find_packages, setup
+
+setup(
+    packages=find_packages(include=["curate", "curate.*"]) + ["curate.schemas"],
+    package_dir={"curate.schemas": "schemas"},
+)

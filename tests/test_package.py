@@ -1,0 +1,48 @@
+"""Packaging: the wheel carries the schemas, the command starts without heavy imports."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from curate import schema
+from curate.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("torch", "pyarrow", "polars", "dask", "diffusers", "open_clip", "numpy", "datasets")
+
+
+def test_wheel_ships_every_schema(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True, timeout=300)
+    wheel = next(tmp_path.glob("prefcurate-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for declared in (ROOT / "schemas").glob("*.json"):
+        assert f"curate/schemas/{declared.name}" in names
+    assert any(n.endswith("entry_points.txt") for n in names)
+
+
+def test_help_imports_nothing_heavy():
+    code = "import sys; import curate.cli; print(','.join(m for m in %r if m in sys.modules))" % (HEAVY,)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == ""
+
+
+def test_every_command_has_help():
+    runner = CliRunner()
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in app.registered_commands:
+        name = command.name
+        out = runner.invoke(app, [name, "--help"])
+        assert out.exit_code == 0 and "Usage" in out.output, name
+
+
+def test_declared_schemas_load_and_validate():
+    for name in schema.declared_tables():
+        declared = schema.load(name)
+        dims = {f["name"]: 4 for f in declared.fields if f["type"].endswith(",*>")}
+        assert declared.empty(**dims).schema.metadata[b"prefcurate.schema"] == name.encode()
