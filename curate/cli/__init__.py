@@ -20,10 +20,16 @@ app = typer.Typer(
 # (command name, "module:function") for single commands; (group name, "module:app") for groups.
 COMMANDS: list[tuple[str, str]] = [
     ("ingest", "curate.cli.ingest:ingest"),
+    ("annotators", "curate.cli.annotators:annotators"),
+    ("flag", "curate.cli.annotators:flag"),
     ("train", "curate.cli.train:train"),
     ("sample", "curate.cli.train:sample"),
+    ("demo-data", "curate.cli.demo_data:demo_data"),
+    ("embed", "curate.cli.embed:embed"),
+    ("filter", "curate.cli.filter:filter_pairs"),
 ]
 GROUPS: list[tuple[str, str]] = [
+    ("scores", "curate.cli.scores:app"),
 ]
 
 

@@ -1,0 +1,83 @@
+"""`prefcurate annotators` and `prefcurate flag`."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from curate.cli.common import DatasetArg, ExecutorName, ExecutorOpt, ResumeOpt, SchedulerOpt, WorkersOpt, fail, print_counts, run_stage_cli
+
+
+def annotators(
+    dataset: DatasetArg,
+    bradley_terry: Annotated[bool, typer.Option("--bradley-terry/--no-bradley-terry", help="Fit Bradley-Terry "
+                             "(Davidson ties) over every image as a consensus and a signal.")] = True,
+    level: Annotated[float, typer.Option(min=0.5, max=0.999, help="Credible level of the reliability interval.")] = 0.95,
+    executor: ExecutorOpt = ExecutorName.local,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = 2,
+    resume: ResumeOpt = False,
+) -> None:
+    """Per-annotator statistics (activity, ties, position bias, shrunk reliability) and each judgement's consensus.
+
+    The consensus is other people's votes on the same prompt and images where they exist, else the
+    scorers in the scores table, else a Bradley-Terry fit. Writes the annotators and consensus tables.
+    """
+    from curate.annotators.stage import AnnotatorsStage
+
+    report = run_stage_cli(AnnotatorsStage(bradley_terry=bradley_terry, level=level), dataset, executor, scheduler,
+                           workers, resume)
+    stats = report.stats
+    alpha = stats.get("krippendorff_alpha_x1000", -1000)
+    print_counts(f"annotators -> {dataset}", [
+        ("annotators", stats.get("annotators", 0)),
+        ("  reliable", stats.get("verdict:reliable", 0)), ("  unreliable", stats.get("verdict:unreliable", 0)),
+        ("  undecided", stats.get("verdict:undecided", 0)),
+        ("scorers used", stats.get("signals:scorers", 0)),
+        ("Bradley-Terry", "yes" if stats.get("signals:bradley_terry") else "no"),
+        ("Krippendorff's alpha", "n/a (no pair judged twice)" if alpha == -1000 else f"{alpha / 1000:.3f}"),
+    ])
+
+
+def flag(
+    dataset: DatasetArg,
+    threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Flag when the minority score (1 - P(label "
+                         "right)) is at least this.")] = 0.5,
+    quantile: Annotated[Optional[float], typer.Option(help="Flag the top share instead (e.g. 0.2), overriding "
+                        "--threshold.")] = None,
+    rho: Annotated[float, typer.Option(help="Scale of the RMS-normalised margins in u (3.75 = the authors' rho 15 "
+                   "with an L2 norm over batches of 16).")] = 3.75,
+    weight_from: Annotated[str, typer.Option(help="u (the paper's W = 1/(k u + c)) or minority_score.")] = "u",
+    weight_kind: Annotated[str, typer.Option(help="linear (k u + c) or quadratic (k u^2 + c).")] = "linear",
+    k: Annotated[float, typer.Option(help="k of the weight.")] = 10.0,
+    c: Annotated[float, typer.Option(help="c of the weight.")] = 1.0,
+    explain: Annotated[Optional[str], typer.Option("--explain", metavar="PAIR_ID", help="Print why one pair was "
+                       "(not) flagged, from the tables already written, and exit.")] = None,
+    executor: ExecutorOpt = ExecutorName.local,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = 2,
+    resume: ResumeOpt = False,
+) -> None:
+    """Flag minority samples with reasons and give every pair a training weight (the pair_scores table)."""
+    if explain:
+        from curate.annotators.explain import explain_pair
+
+        try:
+            typer.echo(explain_pair(dataset, explain))
+        except LookupError as exc:
+            fail(str(exc))
+        return
+    from curate.annotators.flag import FlagStage
+
+    try:
+        stage = FlagStage(threshold=threshold, quantile=quantile, rho=rho, weight_from=weight_from,
+                          weight_kind=weight_kind, k=k, c=c)
+    except ValueError as exc:
+        fail(str(exc))
+    report = run_stage_cli(stage, dataset, executor, scheduler, workers, resume)
+    total = report.tables["pair_scores"]["rows"]
+    flagged = report.stats.get("flagged", 0)
+    rows = [("pairs", total), ("flagged as minority", flagged),
+            ("share", f"{flagged / total:.1%}" if total else "n/a")]
+    rows += [(f"  {k.split(':', 1)[1]}", v) for k, v in sorted(report.stats.items()) if k.startswith("reason:")]
+    print_counts(f"flag -> {dataset}", rows)

@@ -1,0 +1,144 @@
+"""Annotators, consensus and minority flags, from the CLI, on real files of the synthetic world."""
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy.stats import rankdata
+from typer.testing import CliRunner
+
+from curate.cli import app
+from curate.dataset import Dataset
+from curate.synth.world import WorldConfig, build_world
+from ingest_data import write_table
+
+runner = CliRunner()
+
+
+def cli(*args: str) -> str:
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def auroc(score: np.ndarray, truth: np.ndarray) -> float:
+    keep = ~np.isnan(score)
+    score, truth = score[keep], truth[keep]
+    ranks = rankdata(score)
+    pos = truth.sum()
+    return (ranks[truth].sum() - pos * (pos + 1) / 2) / (pos * (len(truth) - pos))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    build_world(root, WorldConfig(pairs=1500, seed=3, minority_rate=0.2, formats=("pickapic", "multivote")))
+    cli("ingest", str(root / "pickapic"), "-f", "pickapic", "-o", str(root / "ds"))
+    return root
+
+
+def truth_join(root, table: str) -> pl.DataFrame:
+    truth = pl.read_parquet(root / "truth" / "pairs.parquet").select("pair_id", pl.col("is_minority").alias("truth"))
+    return Dataset(root / "ds").scan(table).collect().join(truth, on="pair_id")
+
+
+def test_flags_find_the_planted_minority(world):
+    out = cli("annotators", str(world / "ds"))
+    assert "Bradley-Terry" in out
+    out = cli("flag", str(world / "ds"))
+    assert "flagged as minority" in out
+    scored = truth_join(world, "pair_scores")
+    truth = scored["truth"].to_numpy()
+    combined = auroc(scored["minority_score"].cast(pl.Float64).fill_null(np.nan).to_numpy(), truth)
+    # Without any scorer the human side alone (reliability x Bradley-Terry) separates minority labels well.
+    assert combined > 0.85, combined
+    flagged = scored.filter(pl.col("is_minority"))
+    assert flagged["truth"].mean() > 2 * truth.mean()  # flags are far richer in minority labels than chance
+    assert all(len(r) > 0 for r in flagged["reasons"].to_list())  # every flag says why
+    assert scored.filter(~pl.col("is_minority"))["reasons"].list.len().max() == 0
+
+
+def test_annotator_table_is_complete_and_shrunk(world):
+    cli("annotators", str(world / "ds"))
+    people = Dataset(world / "ds").read_table("annotators").to_pandas()
+    pairs = Dataset(world / "ds").read_table("pairs", ["annotator_id"]).to_pandas()
+    assert people["judgements"].sum() == len(pairs)
+    few = people[people["judgements"] <= 3]
+    assert len(few) and (few["verdict"] == "undecided").all()  # 3 judgements never decide reliability
+    assert ((people["reliability_low"] <= people["reliability"]) & (people["reliability"] <= people["reliability_high"])).all()
+
+
+def test_explain_names_the_numbers(world):
+    cli("annotators", str(world / "ds"))
+    cli("flag", str(world / "ds"))
+    flagged = Dataset(world / "ds").scan("pair_scores").filter(pl.col("is_minority")).collect()["pair_id"][0]
+    out = cli("flag", str(world / "ds"), "--explain", flagged)
+    assert "FLAGGED" in out and "Adaptive-DPO metric" in out and "reliability" in out
+    bad = runner.invoke(app, ["flag", str(world / "ds"), "--explain", "nope"])
+    assert bad.exit_code == 2 and "no pair 'nope'" in bad.output
+
+
+def test_quantile_flags_the_top_share(world):
+    cli("annotators", str(world / "ds"))
+    cli("flag", str(world / "ds"), "--quantile", "0.1")
+    scores = Dataset(world / "ds").read_table("pair_scores").to_pandas()
+    decided = scores["minority_score"].notna()
+    assert abs(scores["is_minority"][decided].mean() - 0.1) < 0.02
+
+
+def test_scores_import_adds_a_signal_and_u(world, tmp_path):
+    truth = pl.read_parquet(world / "truth" / "pairs.parquet")
+    rng = np.random.default_rng(0)
+    noisy = lambda c: pl.col(c) + pl.Series(rng.normal(0, 0.2, truth.height))  # noqa: E731
+    truth.select("pair_id", score_a=noisy("fidelity_a"), score_b=noisy("fidelity_b")).write_csv(tmp_path / "s.csv")
+    out = cli("scores", "import", str(tmp_path / "s.csv"), "--scorer", "pickscore-like", "-d", str(world / "ds"))
+    assert "scores stored" in out
+    cli("annotators", str(world / "ds"))
+    cli("flag", str(world / "ds"))
+    scored = truth_join(world, "pair_scores")
+    assert scored["signals"].max() >= 2 and scored["u"].drop_nulls().len() > 0
+    consensus = Dataset(world / "ds").read_table("consensus").to_pandas()
+    assert consensus["source"].str.contains("scorers").mean() > 0.9
+    assert auroc(scored["minority_score"].cast(pl.Float64).fill_null(np.nan).to_numpy(), scored["truth"].to_numpy()) > 0.88
+    bad = tmp_path / "bad.csv"
+    bad.write_text("x,y\n1,2\n")
+    result = runner.invoke(app, ["scores", "import", str(bad), "--scorer", "x", "-d", str(world / "ds")])
+    assert result.exit_code == 2 and "fit neither layout" in result.output
+
+
+def test_multivote_rows_are_their_own_consensus(world, tmp_path):
+    out = tmp_path / "mv"
+    cli("ingest", str(world / "multivote" / "train.parquet"), "-f", "table", "-o", str(out),
+        "--map", "image_a=image1", "--map", "image_b=image2")
+    cli("annotators", str(out))
+    cli("flag", str(out))
+    consensus = Dataset(out).read_table("consensus").to_pandas()
+    assert (consensus["other_votes"] > 0).all() and consensus["vote_entropy"].notna().all()
+
+
+def test_works_with_no_scorers_no_annotators_single_judgements(tmp_path):
+    csv, _, _ = write_table(tmp_path / "t")  # three good rows, no annotator column mapped, each pair judged once
+    cli("ingest", str(csv), "-f", "table", "-o", str(tmp_path / "ds"), "--image-root", str(tmp_path / "t"),
+        "--map", "prompt=caption", "--map", "image_a=left", "--map", "image_b=right", "--map", "label=winner",
+        "--map", "annotator=caption")
+    cli("annotators", str(tmp_path / "ds"), "--no-bradley-terry")
+    cli("flag", str(tmp_path / "ds"))
+    scores = Dataset(tmp_path / "ds").read_table("pair_scores").to_pandas()
+    assert len(scores) == 3 and not scores["is_minority"].any()
+    assert scores["u"].isna().all() and (scores["signals"] == 0).all()
+    assert scores["minority_score"].isna().all()  # no evidence either way: no score
+    labels = Dataset(tmp_path / "ds").read_table("pairs", ["label"]).to_pandas()["label"]
+    assert scores["weight"].tolist() == [0.0 if label == "tie" else 1.0 for label in labels]  # ties never train
+
+
+def test_dask_gives_the_same_tables(world, tmp_path):
+    import shutil
+
+    for name, extra in (("local", []), ("dask", ["--executor", "dask", "--workers", "2"])):
+        copy = tmp_path / name
+        shutil.copytree(world / "ds", copy)
+        cli("annotators", str(copy), *extra)
+        cli("flag", str(copy), *extra)
+    for table in ("consensus", "annotators", "pair_scores"):
+        for a, b in zip(Dataset(tmp_path / "local").shards(table), Dataset(tmp_path / "dask").shards(table)):
+            assert a.read_bytes() == b.read_bytes(), (table, a.name)
