@@ -195,7 +195,7 @@ class Dataset:
         shards = self.shards(table)
         if not shards:
             raise DatasetError(f"{self.root}: no '{table}' table to scan")
-        return pl.scan_ipc([str(s) for s in shards], memory_map=True)
+        return pl.scan_ipc([str(s) for s in shards])
 
 
 def read_shard_batches(path: Path, columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:

@@ -1,0 +1,237 @@
+"""Sparse Bradley-Terry with Davidson ties, and an annotator bootstrap of the consensus it gives.
+
+Items (images of one prompt, or all images) have log-strengths theta. With d = theta_i - theta_j
+and tie parameter nu >= 0 (Davidson 1970),
+
+    P(i beats j) = e^(d/2) / (e^(d/2) + e^(-d/2) + nu),    P(tie) = nu / (e^(d/2) + e^(-d/2) + nu)
+
+Why Davidson rather than Rao-Kupper: P(i beats j) / P(j beats i) = e^d exactly as in plain
+Bradley-Terry, so the scores keep their meaning with or without ties (nu = 0 is plain BT), and the
+tie probability peaks for equal items. Its negative log-likelihood is a log-sum-exp of functions
+linear in (theta, log nu) minus a linear term, hence jointly convex: one quasi-Newton solve over
+(theta, log nu) reaches the global optimum. A tiny ridge (Gaussian prior, ``ridge / 2 * |theta|^2``)
+keeps items that only win (or only lose) finite and pins each disconnected component's mean to 0.
+
+Nothing here is dense in the items: identical comparisons are merged into weights, gradients are
+``np.bincount`` sums, and the optimiser is L-BFGS preconditioned by each item's curvature (a quarter
+of its comparison weight). Measured on this machine (2 cores): 5M comparisons over 200k items,
+ridge 1e-3, in about 15 s (``benchmarks/bt_scale.py``).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from scipy.optimize import minimize
+from scipy.special import expit
+
+TIE_MODELS = ("davidson", "half")
+
+
+class BTResult(NamedTuple):
+    """``scores``: centered log-strengths; ``tie_param``: Davidson nu (0 without ties or for "half")."""
+
+    scores: np.ndarray
+    tie_param: float
+    iterations: int
+    converged: bool
+
+
+class Comparisons(NamedTuple):
+    """Merged comparisons: ``first`` beat ``second`` (or tied with it when ``tie``), ``weight`` times."""
+
+    first: np.ndarray
+    second: np.ndarray
+    tie: np.ndarray
+    weight: np.ndarray
+
+
+def _merge(keys: list[np.ndarray], weight: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Rows with equal keys become one row carrying their summed weight (sorted by the keys)."""
+    order = np.lexsort(keys[::-1]) if len(keys) > 1 else np.argsort(keys[0], kind="stable")
+    keys = [k[order] for k in keys]
+    changed = np.zeros(max(order.size - 1, 0), dtype=bool)
+    for k in keys:
+        changed |= k[1:] != k[:-1]
+    starts = np.flatnonzero(np.concatenate([[True], changed])) if order.size else order
+    return [k[starts] for k in keys], np.add.reduceat(weight[order], starts) if order.size else weight
+
+
+def prepare_comparisons(winners, losers, n_items: int, weights=None, ties=None, tie_model="davidson",
+                        groups=None) -> tuple[Comparisons, np.ndarray | None]:
+    """Validate, orient ties (smaller index first) and merge identical comparisons into weights.
+
+    ``tie_model="half"`` turns each tie into half a win each way. ``groups`` (integer annotator
+    ids) are kept apart while merging and returned merged the same way (None without groups).
+    """
+    if tie_model not in TIE_MODELS:
+        raise ValueError(f"unknown tie_model {tie_model!r}; expected one of {', '.join(TIE_MODELS)}")
+    if not 2 <= n_items < 2**30:  # (i * n + j) * 2 + tie must fit in an int64 merge key
+        raise ValueError(f"n_items must be in [2, 2**30); got {n_items}")
+    w_idx, l_idx = np.asarray(winners, dtype=np.int64), np.asarray(losers, dtype=np.int64)
+    size = w_idx.size
+    weight = np.ones(size) if weights is None else np.asarray(weights, dtype=np.float64)
+    tie = np.zeros(size, dtype=bool) if ties is None else np.asarray(ties, dtype=bool)
+    group = np.zeros(size, dtype=np.int64) if groups is None else np.asarray(groups, dtype=np.int64)
+    if not (w_idx.shape == l_idx.shape == weight.shape == tie.shape == group.shape == (size,)):
+        raise ValueError("winners, losers, weights, ties (and groups) must be 1-D arrays of one length")
+    _check_rows(w_idx, l_idx, weight, n_items)
+    if tie_model == "half" and tie.any():
+        w_idx, l_idx = np.concatenate([w_idx, l_idx[tie]]), np.concatenate([l_idx, w_idx[tie]])
+        weight = np.concatenate([np.where(tie, 0.5 * weight, weight), 0.5 * weight[tie]])
+        group = np.concatenate([group, group[tie]])
+        tie = np.zeros(w_idx.size, dtype=bool)
+    # A tie has no direction: orient it so (i, j) and (j, i) ties merge.
+    first = np.where(tie, np.minimum(w_idx, l_idx), w_idx)
+    second = np.where(tie, np.maximum(w_idx, l_idx), l_idx)
+    key = (first * n_items + second) * 2 + tie
+    keys, weight = _merge([key] if groups is None else [key, group], weight)
+    keep = weight > 0
+    key = keys[0][keep]
+    pair = key >> 1
+    rows = Comparisons(pair // n_items, pair % n_items, (key & 1).astype(bool), weight[keep])
+    return rows, (None if groups is None else keys[1][keep])
+
+
+def _check_rows(w_idx, l_idx, weight, n_items: int) -> None:
+    for name, idx in (("winners", w_idx), ("losers", l_idx)):
+        if idx.size and (idx.min() < 0 or idx.max() >= n_items):
+            raise ValueError(f"{name} must index items 0..{n_items - 1} (n_items={n_items}); "
+                             f"got values in [{idx.min()}, {idx.max()}]")
+    if np.any(w_idx == l_idx):
+        raise ValueError(f"{int(np.sum(w_idx == l_idx))} comparisons have winner == loser; "
+                         "an item compared with itself says nothing: drop those rows and count them")
+    if not np.all(np.isfinite(weight) & (weight >= 0)):
+        raise ValueError("comparison weights must be finite and >= 0")
+
+
+def _objective(params, rows: Comparisons, n_items: int, ridge: float, with_ties: bool):
+    """Penalised negative log-likelihood and its gradient in (theta, log nu)."""
+    theta = params[:n_items]
+    d = theta[rows.first] - theta[rows.second]
+    ahead = d >= 0
+    if with_ties:
+        # Divide the normaliser by e^(|d|/2): with q = e^(-|d|/2) <= 1 it is e^(|d|/2) (1 + q^2 + nu q),
+        # one exp and one log per comparison and no overflow for any d.
+        eta, q = params[n_items], np.exp(-0.5 * np.abs(d))
+        nu = np.exp(eta)
+        norm = 1.0 + q * (q + nu)
+        p_far, p_near, p_tie = 1.0 / norm, q * q / norm, nu * q / norm  # P(favourite), P(other), P(tie)
+        p_win, p_loss = np.where(ahead, p_far, p_near), np.where(ahead, p_near, p_far)
+        nll = 0.5 * np.abs(d) + np.log(norm) - np.where(rows.tie, eta, 0.5 * d)
+        grad_d = np.where(rows.tie, 0.5 * (p_win - p_loss), -(p_loss + 0.5 * p_tie))
+        grad_eta = rows.weight @ (p_tie - rows.tie)
+    else:
+        e = np.exp(-np.abs(d))
+        nll = np.maximum(-d, 0.0) + np.log1p(e)  # log(1 + e^-d) without overflow
+        grad_d = -np.where(ahead, e, 1.0) / (1.0 + e)  # -sigmoid(-d)
+    f = rows.weight @ nll + 0.5 * ridge * (theta @ theta)
+    gw = rows.weight * grad_d
+    g = np.bincount(rows.first, gw, n_items) - np.bincount(rows.second, gw, n_items) + ridge * theta
+    return f, (np.append(g, grad_eta) if with_ties else g)
+
+
+def fit_comparisons(rows: Comparisons, n_items: int, ridge: float = 1e-3, tol: float = 1e-5,
+                    max_iter: int = 2000, init: BTResult | None = None) -> BTResult:
+    """Fit merged comparisons (from :func:`prepare_comparisons`); see :func:`fit_bradley_terry`."""
+    with_ties = bool(rows.tie.any())
+    degree = np.bincount(rows.first, rows.weight, n_items) + np.bincount(rows.second, rows.weight, n_items)
+    curvature = 0.25 * degree + ridge  # the Hessian's diagonal at theta = 0 without ties
+    if with_ties:
+        curvature = np.append(curvature, 0.25 * rows.weight.sum())
+    scale = np.sqrt(np.where(curvature > 0, curvature, 1.0))
+    x0 = np.zeros(n_items) if init is None else np.array(init.scores, dtype=np.float64)
+    x0[degree == 0] = 0.0  # the ridge optimum of an item without comparisons
+    if with_ties:
+        tie_share = rows.weight[rows.tie].sum() / rows.weight.sum()  # at d = 0, P(tie) = nu / (2 + nu)
+        nu0 = init.tie_param if init is not None and init.tie_param > 0 else 2 * tie_share / (1 - tie_share + 1e-12)
+        x0 = np.append(x0, np.log(nu0))
+
+    def preconditioned(y):
+        f, g = _objective(y / scale, rows, n_items, ridge, with_ties)
+        return f, g / scale
+
+    res = minimize(preconditioned, x0 * scale, jac=True, method="L-BFGS-B",
+                   options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-15, "maxcor": 20})
+    params = res.x / scale
+    theta = params[:n_items]
+    return BTResult(theta - theta.mean(), float(np.exp(params[n_items])) if with_ties else 0.0,
+                    int(res.nit), bool(res.success))
+
+
+def fit_bradley_terry(winners, losers, n_items: int, weights=None, ties=None, tie_model: str = "davidson",
+                      ridge: float = 1e-3, tol: float = 1e-5, max_iter: int = 2000) -> BTResult:
+    """Penalised maximum-likelihood Bradley-Terry (Davidson ties) log-strengths of ``n_items`` items.
+
+    Comparison r says ``winners[r]`` beat ``losers[r]`` (or, where ``ties[r]``, that they tied),
+    with weight ``weights[r]`` (default 1). ``tie_model``: "davidson" fits nu with the scores;
+    "half" counts a tie as half a win each way. ``ridge`` is the precision of a N(0, 1/ridge) prior
+    on each score (ridge=0: plain MLE, which needs a strongly connected comparison graph). ``tol``
+    bounds each item's gradient divided by the square root of its curvature, roughly the error of
+    its score in units of its standard error.
+    """
+    rows, _ = prepare_comparisons(winners, losers, n_items, weights, ties, tie_model)
+    return fit_comparisons(rows, n_items, ridge, tol, max_iter)
+
+
+def prob_win(scores, i, j, tie_param: float = 0.0):
+    """P(item i beats item j) under the fitted model; P(tie) is ``prob_tie``, the rest is j's win."""
+    d = np.asarray(scores)[i] - np.asarray(scores)[j]
+    if tie_param == 0:
+        return expit(d)
+    log_norm = np.logaddexp(np.logaddexp(0.5 * d, -0.5 * d), np.log(tie_param))
+    return np.exp(0.5 * d - log_norm)
+
+
+def prob_tie(scores, i, j, tie_param: float):
+    """P(items i and j tie) under Davidson's model: nu / (e^(d/2) + e^(-d/2) + nu)."""
+    if tie_param == 0:
+        return np.zeros(np.shape(np.asarray(scores)[i]))
+    d = np.asarray(scores)[i] - np.asarray(scores)[j]
+    return np.exp(np.log(tie_param) - np.logaddexp(np.logaddexp(0.5 * d, -0.5 * d), np.log(tie_param)))
+
+
+class Consensus(NamedTuple):
+    """For each compared item pair: the full fit's ``winner`` and ``loser`` (higher score first; the
+    smaller index first when equal) and ``agreement``, the share of bootstrap fits ranking them the
+    same way (an exact tie counts half)."""
+
+    winner: np.ndarray
+    loser: np.ndarray
+    agreement: np.ndarray
+    full: BTResult
+
+
+def bootstrap_consensus(winners, losers, groups, n_items: int, n_boot: int = 100, weights=None, ties=None,
+                        tie_model: str = "davidson", seed: int = 0, ridge: float = 1e-3,
+                        tol: float = 1e-5) -> Consensus:
+    """Stability of every pairwise consensus under resampling annotators (``groups``) with replacement.
+
+    Each of ``n_boot`` replicates draws as many annotators as there are, with replacement (seeded),
+    and refits with each comparison's weight multiplied by how often its annotator was drawn, warm-
+    started from the full fit. Items a replicate never sees get score 0 (their ridge optimum), so a
+    pair of unseen items counts half: the replicate has no opinion on it.
+    """
+    labels, group_idx = np.unique(np.asarray(groups), return_inverse=True)
+    rows, row_group = prepare_comparisons(winners, losers, n_items, weights, ties, tie_model, group_idx.ravel())
+    full = fit_comparisons(rows, n_items, ridge, tol)
+    pair_a, pair_b = _compared_pairs(rows, n_items)
+    flip = full.scores[pair_a] < full.scores[pair_b]
+    winner, loser = np.where(flip, pair_b, pair_a), np.where(flip, pair_a, pair_b)
+    agree = np.zeros(winner.size)
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        drawn = np.bincount(rng.integers(0, labels.size, labels.size), minlength=labels.size)
+        weight = rows.weight * drawn[row_group]
+        kept = weight > 0
+        sample = Comparisons(rows.first[kept], rows.second[kept], rows.tie[kept], weight[kept])
+        scores = fit_comparisons(sample, n_items, ridge, tol, init=full).scores
+        d = scores[winner] - scores[loser]
+        agree += (d > 0) + 0.5 * (d == 0)
+    return Consensus(winner, loser, agree / max(n_boot, 1), full)
+
+
+def _compared_pairs(rows: Comparisons, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct unordered item pairs (smaller index first) among the comparisons."""
+    key = np.unique(np.minimum(rows.first, rows.second) * n_items + np.maximum(rows.first, rows.second))
+    return key // n_items, key % n_items
