@@ -24,6 +24,10 @@ DatasetArg = Annotated[Path, typer.Argument(help="The dataset directory (made by
                                             exists=True, file_okay=False, dir_okay=True)]
 
 
+# Set by `prefcurate run`: stages already complete under the same fingerprint are skipped.
+PIPELINE = {"skip_complete": False, "skipped": []}
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print an error for a person (no traceback) and exit."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
@@ -37,12 +41,24 @@ def run_stage_cli(stage, dataset_dir: Path, executor: ExecutorName = ExecutorNam
     from curate.runner import FingerprintMismatch, make_executor, run_stage
     from curate.schema import SchemaError
 
+    from curate.runner import is_complete
+
     expected = (FingerprintMismatch, DatasetError, SchemaError, *_source_errors())
+    skip_complete = skip_complete or PIPELINE["skip_complete"]
     try:
+        if skip_complete and is_complete(stage, _dataset(dataset_dir)):
+            PIPELINE["skipped"].append(stage.name)
+            return run_stage(stage, dataset_dir, skip_complete=True)  # reads the finished run's report
         with make_executor(executor.value, scheduler=scheduler, workers=workers) as ex:
             return run_stage(stage, dataset_dir, ex, resume=resume, skip_complete=skip_complete)
     except expected as exc:
         fail(str(exc))
+
+
+def _dataset(path):
+    from curate.dataset import Dataset
+
+    return Dataset(path)
 
 
 def _source_errors() -> tuple[type[Exception], ...]:

@@ -40,11 +40,11 @@ def plan(path: Path, shard_rows: int, image_root: Path) -> list[dict]:
 
 def _rankings(record: dict) -> tuple[list, list[tuple[list, str | None]]]:
     """(image paths, [(ranking, annotator)]) with rank semantics 'lower wins' for every ranking."""
-    if "file_path" in record:  # train.json: preference 1 marks the chosen image(s): negate so lower wins
+    if "file_path" in record:  # train.json: preference 1 marks the chosen image(s); negated once checked
         paths, prefs = record["file_path"], record.get("human_preference")
-        if not isinstance(prefs, list):
+        if prefs is None:
             raise Rejected(Reason.MISSING_LABEL, "human_preference is missing")
-        return paths, [([-p for p in prefs], None)]
+        return paths, [(prefs, None)]
     paths = record.get("image_path")
     annotations = record.get("raw_annotations") or []
     if annotations:
@@ -64,6 +64,8 @@ def _check_record(record) -> tuple[str, list, list]:
         if not isinstance(ranking, list) or len(ranking) != len(paths) or not all(
                 isinstance(r, (int, float)) and not isinstance(r, bool) for r in ranking):
             raise Rejected(Reason.BAD_TYPE, f"ranking {ranking!r} must hold one number per image ({len(paths)})")
+    if "file_path" in record:  # higher preference wins there; lower rank everywhere else
+        rankings = [([-p for p in prefs], who) for prefs, who in rankings]
     prompt = record.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise Rejected(Reason.BAD_TYPE, f"prompt {prompt!r} is not text")

@@ -1,0 +1,103 @@
+"""`prefcurate run PIPELINE.toml`: every stage of a declarative pipeline, skipping what is done."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from curate.cli.common import PIPELINE, ExecutorName, ExecutorOpt, ResumeOpt, SchedulerOpt, WorkersOpt, fail
+
+EXECUTOR_OPTIONS = ("executor", "scheduler", "workers", "resume")
+
+
+def run(
+    pipeline_file: Annotated[Path, typer.Argument(metavar="PIPELINE.toml", help="A pipeline (see pipelines/).",
+                                                  exists=True, dir_okay=False)],
+    param: Annotated[Optional[list[str]], typer.Option("--param", help="Override a [params] value: KEY=VALUE "
+                     "(repeatable).")] = None,
+    executor: ExecutorOpt = ExecutorName.local,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = 2,
+    resume: ResumeOpt = False,
+) -> None:
+    """Run every stage of a pipeline in order; stages complete under the same fingerprint are skipped.
+
+    The executor options apply to every stage that runs over shards. Ends with the funnel.
+    """
+    import click
+
+    from curate.cli import app
+    from curate.pipeline import PipelineError, load
+
+    overrides = {}
+    for item in param or []:
+        if "=" not in item:
+            fail(f"--param {item!r}: expected KEY=VALUE")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = value
+    command = typer.main.get_command(app)
+    try:
+        pipeline = load(pipeline_file, overrides, known_commands=set(command.commands))
+    except PipelineError as exc:
+        fail(str(exc))
+    PIPELINE.update(skip_complete=True, skipped=[])
+    given = {"executor": executor.value, "scheduler": scheduler, "workers": workers, "resume": resume}
+    for number, step in enumerate(pipeline.steps, 1):
+        sub = command.commands[step.command]
+        accepts = {p.name for p in sub.params}
+        argv = list(step.argv)
+        for name in EXECUTOR_OPTIONS:
+            if name in accepts and given[name] not in (None, False) and f"--{name}" not in argv:
+                argv += [f"--{name}"] if given[name] is True else [f"--{name}", str(given[name])]
+        typer.secho(f"\n[{number}/{len(pipeline.steps)}] prefcurate {' '.join(argv)}", bold=True)
+        if _already_written(pipeline.dataset, step.command, argv):
+            typer.echo("  skipped: already written with the same options")
+            continue
+        before = len(PIPELINE["skipped"])
+        try:
+            command.main(args=argv, prog_name="prefcurate", standalone_mode=False)
+        except click.exceptions.Exit as exc:
+            if exc.exit_code:
+                fail(f"{step.where}: `{step.command}` failed (exit {exc.exit_code}); fix it and rerun: finished "
+                     f"stages will be skipped", code=exc.exit_code)
+        except click.ClickException as exc:
+            fail(f"{step.where}: {exc.format_message()}")
+        if len(PIPELINE["skipped"]) > before:
+            typer.echo("  (complete under the same fingerprint: skipped)")
+        _record_written(pipeline.dataset, step.command, argv)
+    PIPELINE.update(skip_complete=False)
+    print_funnel(pipeline.dataset)
+
+
+def _marker(dataset: Path, command: str, argv: list[str]) -> tuple[Path, str]:
+    digest = hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:16]
+    return dataset / "runs" / "_pipeline" / f"{command}.json", digest
+
+
+def _already_written(dataset: Path, command: str, argv: list[str]) -> bool:
+    """demo-data writes raw files that are inputs to ingest: rewriting them would redo everything."""
+    if command != "demo-data":
+        return False
+    marker, digest = _marker(dataset, command, argv)
+    return marker.is_file() and json.loads(marker.read_text()).get("argv") == digest and \
+        (Path(argv[1]) / "world.json").is_file()
+
+
+def _record_written(dataset: Path, command: str, argv: list[str]) -> None:
+    if command == "demo-data":
+        from curate.dataset import write_json_atomic
+
+        marker, digest = _marker(dataset, command, argv)
+        write_json_atomic(marker, {"argv": digest})
+
+
+def print_funnel(dataset_dir: Path) -> None:
+    from curate.cli.common import print_counts
+    from curate.funnel import funnel
+
+    rows = funnel(dataset_dir)
+    if rows:
+        print_counts(f"funnel of {dataset_dir}", rows)
