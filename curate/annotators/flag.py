@@ -86,11 +86,12 @@ class FlagStage(Stage):
                 scored = score_shard(self, dataset, spec)
                 commit_shard_file(dataset, self, i, "pair_scores", self.shard_file("pair_scores", i),
                                   [verdict_table(self, scored, threshold)])
-        flagged = dataset.scan("pair_scores").select("is_minority", "reasons").collect()
-        stats = {"flagged": int(flagged["is_minority"].sum())}
-        for reasons in flagged["reasons"].to_list():
-            for r in reasons:
-                stats[f"reason:{r}"] = stats.get(f"reason:{r}", 0) + 1
+        import polars as pl
+
+        scores = dataset.scan("pair_scores")
+        stats = {"flagged": int(scores.select(pl.col("is_minority").sum()).collect().item())}
+        counts = scores.select(pl.col("reasons").explode().drop_nulls().value_counts()).unnest("reasons").collect()
+        stats.update({f"reason:{r}": int(n) for r, n in counts.iter_rows()})
         return stats
 
 
@@ -107,8 +108,8 @@ def score_shard(stage: FlagStage, dataset: Dataset, spec: dict) -> dict[str, np.
     annotators = _annotators(dataset)
     joined = pairs.join(annotators, on="annotator_id", how="left", maintain_order="left")
     n = pairs.height
-    margins = np.array(consensus["signal_margins"].to_list(), dtype=float).reshape(n, -1).T
     names = consensus["signal_names"][0].to_list() if n else []
+    margins = consensus["signal_margins"].explode().cast(pl.Float64).to_numpy().reshape(n, len(names)).T
     u, a, s, used = _metric(margins, stage.rho, minority_score)
     q = consensus["agreement"].cast(pl.Float64).fill_null(np.nan).to_numpy()
     r = joined["reliability"].cast(pl.Float64).fill_null(np.nan).to_numpy()
@@ -170,27 +171,28 @@ def _combine(q: np.ndarray, r: np.ndarray) -> np.ndarray:
     return 1.0 - right
 
 
-def reasons_for(stage: FlagStage, scored: dict, i: int) -> list[str]:
-    """Every reason that applies to judgement ``i`` (whether or not it ends up flagged)."""
-    out = []
-    q, label = scored["agreement"][i], scored["label"][i]
-    if label == "tie":
-        return out
-    if q < 0.5:
-        out.append("consensus_disagrees")
-    scorer_rows = [k for k, name in enumerate(scored["names"]) if name.startswith("scorer:")]
-    if scorer_rows and np.nanmean(scored["margins"][scorer_rows, i]) < 0:
-        out.append("scorers_disagree")
-    if scored["other_agree_share"][i] < 0.5:
-        out.append("votes_disagree")
-    if scored["verdict"][i] == "unreliable":
-        out.append("unreliable_annotator")
-    share = scored["position_share"][i]
-    if scored["position_pvalue"][i] < stage.bias_pvalue and (share > 0.5) == (label == "a"):
-        out.append("position_bias")
-    if scored["u"][i] >= stage.u_reason:
-        out.append("high_u")
-    return out
+def reason_masks(stage: FlagStage, scored: dict) -> dict[str, np.ndarray]:
+    """For each reason, which judgements it applies to (whether or not they end up flagged)."""
+    label = scored["label"]
+    decided = label != "tie"
+    with np.errstate(invalid="ignore"):
+        scorer_rows = [k for k, name in enumerate(scored["names"]) if name.startswith("scorer:")]
+        scorer_mean = _nanmean_rows(scored["margins"][scorer_rows]) if scorer_rows else np.full(len(label), np.nan)
+        share = scored["position_share"]
+        masks = {
+            "consensus_disagrees": scored["agreement"] < 0.5,
+            "scorers_disagree": scorer_mean < 0,
+            "votes_disagree": scored["other_agree_share"] < 0.5,
+            "unreliable_annotator": scored["verdict"] == "unreliable",
+            "position_bias": (scored["position_pvalue"] < stage.bias_pvalue) & ((share > 0.5) == (label == "a")),
+            "high_u": scored["u"] >= stage.u_reason,
+        }
+    return {name: mask & decided for name, mask in masks.items()}
+
+
+def _nanmean_rows(rows: np.ndarray) -> np.ndarray:
+    counted = (~np.isnan(rows)).sum(axis=0)
+    return np.where(counted > 0, np.nansum(rows, axis=0) / np.maximum(counted, 1), np.nan)
 
 
 def verdict_table(stage: FlagStage, scored: dict, threshold: float) -> pa.Table:
@@ -198,12 +200,17 @@ def verdict_table(stage: FlagStage, scored: dict, threshold: float) -> pa.Table:
 
     score = scored["minority_score"]
     flagged = np.nan_to_num(score, nan=-1.0) >= threshold
-    reasons = [reasons_for(stage, scored, i) if flagged[i] else [] for i in range(len(score))]
+    masks = reason_masks(stage, scored)
+    grid = np.stack(list(masks.values()), axis=1) & flagged[:, None]  # (pairs, reasons), only for flags
+    rows, cols = np.nonzero(grid)  # row-major: each pair's reasons in REASONS order
+    offsets = np.concatenate([[0], np.cumsum(grid.sum(axis=1))]).astype(np.int32)
+    names = pa.array(list(masks), pa.string()).take(pa.array(cols.astype(np.int32)))
+    reasons = pa.ListArray.from_arrays(pa.array(offsets), names)
     f32 = lambda x: pa.array(x, pa.float32(), from_pandas=True)  # noqa: E731 (NaN -> null)
     return schemas.load("pair_scores").table({
         "pair_id": scored["pair_id"], "u": f32(scored["u"]), "a": f32(scored["a"]), "s": f32(scored["s"]),
         "signals": pa.array(scored["signals"], pa.int32()), "agreement": f32(scored["agreement"]),
         "reliability": f32(scored["reliability"]), "minority_score": f32(score),
-        "is_minority": pa.array(flagged), "reasons": pa.array(reasons, pa.list_(pa.string())),
+        "is_minority": pa.array(flagged), "reasons": reasons,
         "weight": pa.array(scored["weight"], pa.float32()),
     })

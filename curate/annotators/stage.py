@@ -199,15 +199,16 @@ def _consensus_shard(job) -> dict:
     from curate import schema as schemas
 
     table = schemas.load("consensus").table({
-        "pair_id": pairs["pair_id"].to_arrow(), "source": pa.array(source, pa.string()),
+        "pair_id": pairs["pair_id"].to_arrow(), "source": source,
         "agreement": pa.array(agreement, pa.float32(), from_pandas=True),
         "other_votes": pa.array(votes["total"].astype(np.int32)),
         "other_agree_share": pa.array(np.where(votes["total"] > 0, votes["agree"] / np.maximum(votes["total"], 1), np.nan),
                                       pa.float32(), from_pandas=True),
         "vote_entropy": pa.array(votes["entropy"], pa.float32(), from_pandas=True),
         "bt_margin": pa.array(bt, pa.float32(), from_pandas=True),
-        "signal_names": pa.array([names] * pairs.height, pa.list_(pa.string())),
-        "signal_margins": pa.array(list(margins.T.astype(np.float32)) if pairs.height else [], pa.list_(pa.float32())),
+        "signal_names": _repeated_list(names, pairs.height),
+        "signal_margins": pa.ListArray.from_arrays(_offsets(pairs.height, len(names)),
+                                                   pa.array(margins.T.astype(np.float32).ravel())),
     })
     commit_shard_file(dataset, stage, index, "consensus", stage.shard_file("consensus", index), [table])
     judged = pairs.with_columns(agreement=pl.Series(agreement, dtype=pl.Float64, nan_to_null=True))
@@ -215,6 +216,17 @@ def _consensus_shard(job) -> dict:
             .group_by("annotator_id")
             .agg(compared=pl.len().cast(pl.Int64), agreed=(pl.col("agreement") > 0.5).sum().cast(pl.Int64))
             .to_arrow())
+
+
+def _offsets(rows: int, width: int) -> pa.Array:
+    return pa.array(np.arange(rows + 1, dtype=np.int32) * width)
+
+
+def _repeated_list(names: list[str], rows: int) -> pa.Array:
+    """The same list of strings on every row, built from buffers rather than Python lists."""
+    values = pa.DictionaryArray.from_arrays(pa.array(np.tile(np.arange(len(names), dtype=np.int32), rows)),
+                                            pa.array(names, pa.string())).cast(pa.string())
+    return pa.ListArray.from_arrays(_offsets(rows, len(names)), values)
 
 
 def _other_votes(keyed, state, sign) -> dict[str, np.ndarray]:
@@ -264,7 +276,7 @@ def _signals(scorers, scorer_norm, bt, votes) -> tuple[list[str], np.ndarray]:
     return names, np.array(rows) if rows else np.zeros((0, len(bt)))
 
 
-def _consensus(votes, scorer_mean, slope, bt, sign) -> tuple[list[str], np.ndarray]:
+def _consensus(votes, scorer_mean, slope, bt, sign) -> tuple[pa.Array, np.ndarray]:
     """Which evidence each judgement has, and P(labelled winner is better) from all of it."""
     n = len(sign)
     usable = ~np.isnan(sign)
@@ -276,10 +288,11 @@ def _consensus(votes, scorer_mean, slope, bt, sign) -> tuple[list[str], np.ndarr
     disagree = votes["total"] - votes["agree"]
     logit[has_votes] += np.log((votes["agree"][has_votes] + 1) / (disagree[has_votes] + 1))
     logit[has_scores] += slope * scorer_mean[has_scores]
-    parts = np.stack([has_votes, has_scores, has_bt])
-    names = np.array(["votes", "scorers", "bradley_terry"])
-    source = ["+".join(names[parts[:, i]]) or "none" for i in range(n)]
-    agreement = np.where(parts.any(axis=0), 1.0 / (1.0 + np.exp(-logit)), np.nan)
+    code = has_votes * 1 + has_scores * 2 + has_bt * 4
+    names = ["votes", "scorers", "bradley_terry"]
+    labels = ["+".join(name for bit, name in enumerate(names) if c >> bit & 1) or "none" for c in range(8)]
+    source = pa.DictionaryArray.from_arrays(pa.array(code.astype(np.int32)), pa.array(labels)).cast(pa.string())
+    agreement = np.where(code > 0, 1.0 / (1.0 + np.exp(-logit)), np.nan)
     return source, agreement
 
 

@@ -1,0 +1,156 @@
+"""annotators + flag at scale: 10M judgements from 200k annotators (Zipf activity) on this machine.
+
+    python benchmarks/annotators_scale.py                      # 10M judgements
+    python benchmarks/annotators_scale.py --judgements 1000000 # quicker
+
+A pairs table is generated directly (vectorised; prompts with 4 images each, labels from a latent
+quality with noise), written as ingest would write it. Then, each in a fresh process so its peak RSS
+is its own: (1) `prefcurate annotators` + `prefcurate flag` in-process; (2) the baseline: plain pandas
+groupby of the per-annotator statistics (judgements, ties, first-image choices, agreement with a
+given consensus) on the same table. Bradley-Terry is timed against choix on a size choix handles.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def generate(root: Path, judgements: int, annotators: int, shard_rows: int = 500_000, seed: int = 0) -> None:
+    import pyarrow as pa
+
+    from curate import ids
+    from curate import schema as schemas
+    from curate.dataset import write_shard
+
+    rng = np.random.default_rng(seed)
+    prompts = max(judgements // 10, 1)
+    quality = rng.normal(size=prompts * 4)
+    activity = 1.0 / np.arange(1, annotators + 1) ** 1.1  # Zipf-like long tail
+    activity /= activity.sum()
+    noise = rng.uniform(0.0, 0.5, annotators)  # each person's error rate
+    pairs_schema = schemas.load("pairs")
+    for start in range(0, judgements, shard_rows):
+        n = min(shard_rows, judgements - start)
+        prompt = rng.integers(0, prompts, n)
+        a = prompt * 4 + rng.integers(0, 4, n)
+        b = prompt * 4 + (a - prompt * 4 + rng.integers(1, 4, n)) % 4
+        who = rng.choice(annotators, n, p=activity)
+        a_better = quality[a] > quality[b]
+        flip = rng.random(n) < noise[who]
+        label = np.where(a_better ^ flip, "a", "b").astype(object)
+        label[rng.random(n) < 0.03] = "tie"
+        hex_of = lambda x, salt: ids.pair_ids(f"bench-{salt}", x, np.zeros(len(x)))  # noqa: E731 (hash-like ids)
+        table = pairs_schema.table({
+            "pair_id": ids.pair_ids("bench", np.arange(start, start + n), np.zeros(n)),
+            "prompt": pa.array(["p"] * n), "prompt_id": hex_of(prompt, 1), "image_a_id": hex_of(a, 2),
+            "image_b_id": hex_of(b, 2), "label": pa.array(label), "annotator_id": pa.array(who.astype(str)),
+            "votes_a": pa.nulls(n, pa.int32()), "votes_b": pa.nulls(n, pa.int32()), "model_a": pa.nulls(n, pa.string()),
+            "model_b": pa.nulls(n, pa.string()), "created_at": pa.nulls(n, pa.timestamp("us", tz="UTC")),
+            "source": pa.array(["bench"] * n), "source_row": pa.array(np.arange(start, start + n)),
+            "source_item": pa.array(np.zeros(n, np.int32)), "split": pa.array(["train"] * n)})
+        write_shard(root / "tables" / "pairs" / f"ingest-{start // shard_rows:05d}.arrow", pairs_schema, [table])
+
+
+def child(kind: str, root: Path, bradley_terry: bool) -> None:
+    if kind == "prefcurate":
+        from curate.annotators.flag import FlagStage
+        from curate.annotators.stage import AnnotatorsStage
+        from curate.runner import run_stage
+
+        started = time.perf_counter()
+        run_stage(AnnotatorsStage(bradley_terry=bradley_terry), root)
+        middle = time.perf_counter()
+        run_stage(FlagStage(), root)
+        times = {"annotators": middle - started, "flag": time.perf_counter() - middle}
+    else:
+        import pandas as pd
+        import pyarrow as pa
+        import pyarrow.ipc as ipc
+
+        started = time.perf_counter()
+        frame = pd.concat([ipc.open_file(pa.memory_map(str(p))).read_all().select(
+            ["annotator_id", "label", "image_a_id", "image_b_id"]).to_pandas()
+            for p in sorted((root / "tables" / "pairs").glob("*.arrow"))])
+        frame["tie"] = frame["label"] == "tie"
+        frame["chose_a"] = frame["label"] == "a"
+        # consensus stand-in: the majority label per image pair, then agreement per annotator
+        frame["key"] = frame["image_a_id"].str.cat(frame["image_b_id"])
+        frame["majority_a"] = frame.groupby("key")["chose_a"].transform("mean") > 0.5
+        frame["agreed"] = (frame["chose_a"] == frame["majority_a"]) & ~frame["tie"]
+        frame.groupby("annotator_id").agg(judgements=("label", "size"), ties=("tie", "sum"),
+                                          chose_a=("chose_a", "sum"), agreed=("agreed", "sum"))
+        times = {"pandas": time.perf_counter() - started}
+    print(json.dumps({"times": times, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def measure(kind: str, root: Path, bradley_terry: bool = True) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", kind, str(root), str(int(bradley_terry))],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(done.stderr)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bt_against_choix(comparisons: int = 50_000, items: int = 5_000) -> None:
+    import choix
+
+    from curate.bradley_terry import fit_bradley_terry
+
+    rng = np.random.default_rng(1)
+    strength = rng.normal(size=items)
+    i, j = rng.integers(0, items, comparisons), rng.integers(0, items, comparisons)
+    keep = i != j
+    i, j = i[keep], j[keep]
+    i_wins = rng.random(len(i)) < 1 / (1 + np.exp(-(strength[i] - strength[j])))
+    winners, losers = np.where(i_wins, i, j), np.where(i_wins, j, i)
+    started = time.perf_counter()
+    fit_bradley_terry(winners, losers, items, ridge=1e-2)
+    ours = time.perf_counter() - started
+    started = time.perf_counter()
+    choix.ilsr_pairwise(items, list(zip(winners, losers)), alpha=1e-2)
+    theirs = time.perf_counter() - started
+    print(f"Bradley-Terry, {len(i):,} comparisons over {items:,} items: prefcurate {ours:.2f} s, "
+          f"choix.ilsr_pairwise {theirs:.2f} s (x{theirs / ours:.1f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--judgements", type=int, default=10_000_000)
+    parser.add_argument("--annotators", type=int, default=200_000)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/prefcurate-bench-annotators"))
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], Path(args.child[1]), bool(int(args.child[2])))
+        return
+    root = args.work / f"{args.judgements}"
+    if not (root / "tables" / "pairs").is_dir():
+        shutil.rmtree(root, ignore_errors=True)
+        started = time.perf_counter()
+        generate(root, args.judgements, args.annotators)
+        print(f"generated {args.judgements:,} judgements in {time.perf_counter() - started:.0f} s")
+    for bt in (True, False):
+        for sub in ("runs", "tables/consensus", "tables/annotators", "tables/pair_scores"):
+            shutil.rmtree(root / sub, ignore_errors=True)
+        ours = measure("prefcurate", root, bt)
+        total = sum(ours["times"].values())
+        print(f"prefcurate annotators + flag ({'with' if bt else 'without'} Bradley-Terry): {total:.1f} s "
+              f"({', '.join(f'{k} {v:.1f} s' for k, v in ours['times'].items())}), peak RSS {ours['peak_rss_mb']:,.0f} MB "
+              f"(targets: <= 60 s, <= 6,000 MB)")
+    base = measure("pandas", root)
+    print(f"pandas groupby of the per-annotator statistics only: {base['times']['pandas']:.1f} s, "
+          f"peak RSS {base['peak_rss_mb']:,.0f} MB; ratio prefcurate(without BT) / pandas = "
+          f"{total / base['times']['pandas']:.2f}")
+    bt_against_choix()
+
+
+if __name__ == "__main__":
+    main()
