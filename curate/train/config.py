@@ -1,0 +1,114 @@
+"""The one training configuration: every default in one place, frozen, saved with each checkpoint."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+METHODS = ("dpo", "adaptive-dpo", "adaptive-offline")
+FINETUNE = ("lora", "full")
+PRECISIONS = ("no", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Diffusion-DPO / Adaptive-DPO training settings.
+
+    beta convention: beta multiplies h directly (loss = -log sigmoid(beta * h)). diffusers'
+    beta_dpo = 2500 is beta = 2500 here; Salesforce's -0.5 * beta_dpo with beta_dpo = 5000 is also
+    2500; the Adaptive-DPO README's 1000 (diffusers convention) is 1000.
+    """
+
+    # model: a hub id or a local diffusers folder (SD 1.x/2.x or SDXL, detected from the folder)
+    model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    revision: str | None = None
+    finetune: str = "lora"                      # lora: reference = same UNet, adapters off; full: frozen copy
+    lora_rank: int = 8
+    lora_alpha: float | None = None             # None = rank (scale 1)
+    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "no"                 # no | fp16 | bf16 (autocast; trainable weights stay fp32)
+
+    # objective
+    method: str = "dpo"                         # dpo | adaptive-dpo (online EMA annotators) | adaptive-offline (u from data)
+    loss: str = "dpo"                           # dpo | hinge | ipo | cdpo | rdpo
+    beta: float = 2500.0
+    label_smoothing: float = 0.0                # eps for cdpo / rdpo
+    ipo_tau: float | None = None                # None = beta (the public scripts' choice)
+
+    # Adaptive-DPO (docs sections 3-4)
+    rho: float = 15.0                           # z = rho * h / ||h||_2 (authors' README value)
+    minority_normalize: str = "l2"              # l2 (authors) | rms (batch-size free: use rho / sqrt(B))
+    weight_kind: str = "linear"                 # W = 1 / (k u + c) or 1 / (k u^2 + c)
+    weight_k: float = 10.0
+    weight_c: float = 1.0
+    margin_kind: str = "quadratic"              # G = mean(sg h) - u^2 / beta (or u / beta)
+    ema_caps: tuple[float, ...] = (0.9999, 0.5)
+    adaptive_warmup_steps: int = 100            # optimizer steps with u = 0 while the EMAs warm up
+
+    # optimisation
+    learning_rate: float = 1e-5
+    lr_scheduler: str = "constant_with_warmup"  # any diffusers.optimization.get_scheduler name
+    lr_warmup_steps: int = 0
+    max_steps: int = 2000                       # optimizer steps
+    batch_size: int = 16                        # pairs per device per forward
+    grad_accum: int = 1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_eps: float = 1e-8
+    use_8bit_adam: bool = False                 # bitsandbytes AdamW8bit (error if not installed)
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    # bookkeeping
+    output_dir: str = "out/train"
+    checkpoint_every: int = 500                 # optimizer steps; 0 = only at the end
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    tensorboard: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        _choice("method", self.method, METHODS)
+        _choice("finetune", self.finetune, FINETUNE)
+        _choice("mixed_precision", self.mixed_precision, PRECISIONS)
+        _choice("minority_normalize", self.minority_normalize, ("l2", "rms", "none"))
+        _choice("weight_kind", self.weight_kind, ("linear", "quadratic"))
+        _choice("margin_kind", self.margin_kind, ("linear", "quadratic"))
+        from curate.train.losses import check_loss_type
+
+        check_loss_type(self.loss)
+        if self.method != "dpo" and self.loss not in ("dpo", "ipo"):
+            raise ValueError(f"method {self.method!r} defines a sigmoid (loss='dpo') and an IPO form (loss='ipo'), "
+                             f"not loss={self.loss!r}; pick one of those or method='dpo'")
+        if self.grad_accum < 1 or self.batch_size < 1 or self.max_steps < 1:
+            raise ValueError(f"batch_size, grad_accum and max_steps must be >= 1, got "
+                             f"{self.batch_size}, {self.grad_accum}, {self.max_steps}")
+        if self.method == "adaptive-dpo" and self.batch_size < 2 and self.minority_normalize != "none":
+            raise ValueError("adaptive-dpo normalises h over the batch; batch_size must be >= 2")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        raw = json.loads(text)
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - set(names))
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown} in saved config; this prefcurate is older than the run")
+        for key in ("lora_targets", "ema_caps"):  # JSON has no tuples
+            if key in raw:
+                raw[key] = tuple(raw[key])
+        return cls(**raw)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        return cls.from_json(Path(path).read_text())
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
