@@ -1,0 +1,1 @@
+"""Publishing a curated dataset: Hugging Face folder export, dataset card, Hub upload."""
