@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries that over from the parent across fork+exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def generate(root: Path, judgements: int, annotators: int, shard_rows: int = 500_000, seed: int = 0) -> None:
@@ -88,7 +95,7 @@ def child(kind: str, root: Path, bradley_terry: bool) -> None:
         frame.groupby("annotator_id").agg(judgements=("label", "size"), ties=("tie", "sum"),
                                           chose_a=("chose_a", "sum"), agreed=("agreed", "sum"))
         times = {"pandas": time.perf_counter() - started}
-    print(json.dumps({"times": times, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print(json.dumps({"times": times, "peak_rss_mb": peak_rss_mb()}))
 
 
 def measure(kind: str, root: Path, bradley_terry: bool = True) -> dict:

@@ -322,24 +322,13 @@ def test_offline_hub_id_error_is_clear(monkeypatch):
         load_components("prefcurate-test/not-a-model")
 
 
-def test_cli_train_then_sample_side_by_side(tmp_path):
-    from PIL import Image
+def test_cli_train_refuses_a_bad_config_before_reading_any_data(tmp_path):
+    # Training from a dataset, and `prefcurate sample` on its LoRA, run end to end in tests/test_encode.py.
     from typer.testing import CliRunner
 
     from curate.cli import app
 
-    folder = tiny_sd15().save_pretrained(tmp_path / "tiny-sd15")
-    pattern_pairs(8, latent_shape=LATENT, n_ties=2).save(tmp_path / "encoded")
-    runner = CliRunner()
-    res = runner.invoke(app, ["train", str(tmp_path / "encoded"), "--model", str(folder), "--out", str(tmp_path / "run"),
-                              "--max-steps", "2", "--batch-size", "4", "--lr", "1e-3", "--lora-rank", "4"])
-    assert res.exit_code == 0, res.output
-    assert "trained 2 steps; dropped pairs: {'tie': 2}" in res.output
-    res = runner.invoke(app, ["sample", "--model", str(folder), "--lora", str(tmp_path / "run" / "final"),
-                              "--out", str(tmp_path / "grid.png"), "-p", "a red cat", "-p", "a dog",
-                              "--steps", "2", "--size", "16"])
-    assert res.exit_code == 0, res.output
-    assert Image.open(tmp_path / "grid.png").size == (32, 32)  # 2 prompts x (base, tuned)
-    res = runner.invoke(app, ["train", str(tmp_path / "encoded"), "--model", str(folder), "--out",
-                              str(tmp_path / "run2"), "--method", "adaptive-dpo", "--loss", "hinge"])
+    res = CliRunner().invoke(app, ["train", str(tmp_path), "--model", "unused", "--output-dir", str(tmp_path / "run"),
+                                   "--method", "adaptive-dpo", "--loss", "hinge"])
     assert res.exit_code == 2 and "not loss='hinge'" in res.output
+    assert not (tmp_path / "run").exists()

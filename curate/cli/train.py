@@ -1,4 +1,4 @@
-"""`prefcurate train` and `prefcurate sample`: Diffusion-DPO / Adaptive-DPO on encoded pairs."""
+"""`prefcurate encode`, `prefcurate train` and `prefcurate sample`: Diffusion-DPO / Adaptive-DPO on a curated dataset."""
 from __future__ import annotations
 
 from enum import Enum
@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from curate.cli.common import fail
+from curate.cli.common import (DatasetArg, ExecutorName, ExecutorOpt, ResumeOpt, SchedulerOpt, WorkersOpt, fail,
+                               print_counts)
 
 
 class Method(str, Enum):
@@ -35,54 +36,208 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
+class EncodePrecision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Ties(str, Enum):
+    drop = "drop"
+
+
+class Filtered(str, Enum):
+    drop = "drop"
+    keep = "keep"
+
+
+class Minority(str, Enum):
+    keep = "keep"
+    drop = "drop"
+    weight = "weight"
+
+
+class Missing(str, Enum):
+    error = "error"
+    drop = "drop"
+
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Hub id or local diffusers folder (SD 1.x/2.x or SDXL). "
+                                       "Honours HF_HUB_OFFLINE.")]
+
+
+def encode(
+    dataset_dir: DatasetArg,
+    model: ModelOpt,
+    revision: Annotated[Optional[str], typer.Option(help="Hub revision of --model.")] = None,
+    resolution: Annotated[int, typer.Option(min=8, help="Square side in pixels: the short side is resized to it, "
+                          "then centre-cropped (the same crop for every image, so for both images of a pair).")] = 512,
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Also encode each image flipped (twice the time "
+                    "and storage), so `train --flip` can flip a pair (both images) afresh every epoch.")] = False,
+    device: Annotated[Device, typer.Option(help="auto: cuda when available, else cpu.")] = Device.auto,
+    precision: Annotated[EncodePrecision, typer.Option(help="Precision of the VAE and text encoders. SDXL's VAE "
+                         "overflows in fp16: use fp32 or bf16 for it.")] = EncodePrecision.fp32,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images (and prompts) per forward pass; "
+                          "with --flip each image is two samples.")] = 16,
+    images_per_shard: Annotated[int, typer.Option("--images-per-shard", min=1, help="Images per task and output "
+                                "file; a task holds one images shard at a time.")] = 4096,
+    executor: ExecutorOpt = ExecutorName.local,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = 2,
+    resume: ResumeOpt = False,
+) -> None:
+    """Precompute VAE latents and text embeddings once, so training never runs the VAE or the text encoders.
+
+    Writes the latents and text_embeddings tables, keyed by image / prompt and the model's encoder
+    key (a hash of its VAE and text-encoder weights). Incremental: what this model already encoded
+    (per image: resolution and orientation) is skipped; only images and prompts of non-tie pairs
+    are encoded. Latents are the VAE posterior mean (deterministic: no seed).
+    """
+    from curate.dataset import DatasetError
+    from curate.runner import FingerprintMismatch, make_executor
+    from curate.train.encode import EncodeError, encode_dataset
+
+    try:
+        with make_executor(executor.value, scheduler=scheduler, workers=workers) as ex:
+            summary = encode_dataset(dataset_dir, model, revision=revision, resolution=resolution, flip=flip,
+                                     device=_device(device.value), precision=precision.value, batch_size=batch_size,
+                                     images_per_shard=images_per_shard, executor=ex, resume=resume)
+    except (EncodeError, DatasetError, FingerprintMismatch, FileNotFoundError) as exc:
+        fail(str(exc))
+    print_encode_summary(summary, dataset_dir)
+
+
+def print_encode_summary(summary, dataset_dir: Path) -> None:
+    c, s = summary.counts, summary.stats
+    encoded = s.get("latents_encoded", 0)
+    rows = [("model key", summary.key),
+            ("generation", summary.generation or "none (nothing new to encode)"),
+            ("images of non-tie pairs", c["images_needed"]),
+            ("  not in the images table", c["images_missing"]),
+            ("latents already encoded", c["latents_already_encoded"]),
+            ("latents encoded", encoded),
+            ("  of which flipped", s.get("latents_flipped", 0)),
+            ("images undecodable", s.get("images_undecodable", 0)),
+            ("prompts already encoded", c["prompts_already_encoded"]),
+            ("prompts encoded", s.get("prompts_encoded", 0))]
+    if summary.kept_shards:
+        rows.append(("shards kept from the interrupted run", summary.kept_shards))
+    if summary.seconds:
+        rows.append(("latents/s", f"{encoded / summary.seconds:.1f}"))
+    print_counts(f"encode -> {dataset_dir}", rows)
+
+
 def train(
-    encoded: Annotated[Path, typer.Argument(help="Encoded pairs: a folder written by EncodedPairs.save "
-                                            "(latents, prompt embeddings, pairs.jsonl).", exists=True, file_okay=False)],
-    model: Annotated[str, typer.Option(help="Hub id or local diffusers folder (SD 1.x/2.x or SDXL); the same "
-                                       "model that encoded the pairs. Honours HF_HUB_OFFLINE.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: checkpoints, metrics.jsonl, final/. "
-                                      "Rerunning on it resumes from the latest checkpoint.", file_okay=False)],
+    dataset_dir: DatasetArg,
+    model: ModelOpt,
+    output_dir: Annotated[Path, typer.Option("--output-dir", "--out", "-o", help="Checkpoints, metrics.jsonl, "
+                          "data.json (what was selected) and final/.", file_okay=False)],
     method: Annotated[Method, typer.Option(help="dpo; adaptive-dpo (online EMA annotators); adaptive-offline "
-                                           "(per-pair u from the data).")] = Method.dpo,
+                      "(per-pair u from pair_scores: run `prefcurate flag` first).")] = Method.dpo,
     loss: Annotated[Loss, typer.Option(help="Loss on h. Adaptive methods take dpo or ipo.")] = Loss.dpo,
     beta: Annotated[float, typer.Option(help="Multiplies h directly: loss = -log sigmoid(beta h). diffusers' "
-                                        "beta_dpo 2500 = 2500 here; Salesforce's 5000 with its -0.5 factor = 2500; "
-                                        "the Adaptive-DPO README's 1000 = 1000.")] = 2500.0,
-    finetune: Annotated[Finetune, typer.Option(help="lora (reference = adapters off) or full (frozen copy).")] = Finetune.lora,
+                    "beta_dpo 2500 = 2500 here; Salesforce's 5000 with its -0.5 factor = 2500; the Adaptive-DPO "
+                    "README's 1000 = 1000.")] = 2500.0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --output-dir from its latest "
+                      "checkpoint (same config and data selection, or it refuses).")] = False,
+    # what is trained
+    split: Annotated[str, typer.Option(help="Split of the pairs table to train on; 'all' for every split.")] = "train",
+    ties: Annotated[Ties, typer.Option(help="drop is the only policy: a tie names no winner (the diffusers script "
+                    "trains it as 'image 0 wins'). Counted.")] = Ties.drop,
+    filtered: Annotated[Filtered, typer.Option(help="drop: leave out pairs the filters table removed (keep = "
+                        "false); keep: train them. Without a filters table nothing is filtered.")] = Filtered.drop,
+    minority: Annotated[Minority, typer.Option(help="Pairs flagged in pair_scores: keep, drop, or weight (per-pair "
+                        "pair_scores.weight multiplies each pair's loss).")] = Minority.keep,
+    missing_latents: Annotated[Missing, typer.Option(help="Pairs without latents or text embeddings: error (names "
+                               "the encode command) or drop (counted).")] = Missing.error,
+    resolution: Annotated[Optional[int], typer.Option(help="Latent resolution to train on (default: the only one "
+                          "encoded for the model).")] = None,
+    flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Flip each pair (both images) with probability 1/2, "
+                    "drawn afresh every epoch; needs `encode --flip`.")] = False,
+    # model and optimisation
+    revision: Annotated[Optional[str], typer.Option(help="Hub revision of --model.")] = None,
+    finetune: Annotated[Finetune, typer.Option(help="lora (reference = adapters off) or full (frozen "
+                        "copy).")] = Finetune.lora,
     lora_rank: Annotated[int, typer.Option(min=1)] = 8,
     learning_rate: Annotated[float, typer.Option("--lr")] = 1e-5,
+    lr_scheduler: Annotated[str, typer.Option(help="A diffusers.optimization.get_scheduler "
+                            "name.")] = "constant_with_warmup",
+    lr_warmup_steps: Annotated[int, typer.Option(min=0)] = 0,
     max_steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 2000,
     batch_size: Annotated[int, typer.Option(min=1, help="Pairs per device per micro-batch.")] = 16,
     grad_accum: Annotated[int, typer.Option(min=1)] = 1,
     mixed_precision: Annotated[Precision, typer.Option()] = Precision.no,
     gradient_checkpointing: Annotated[bool, typer.Option()] = False,
+    use_8bit_adam: Annotated[bool, typer.Option("--use-8bit-adam", help="bitsandbytes AdamW8bit.")] = False,
     label_smoothing: Annotated[float, typer.Option(help="eps for cdpo / rdpo.")] = 0.0,
     rho: Annotated[float, typer.Option(help="Adaptive-DPO scale of the normalised margins.")] = 15.0,
+    weight_k: Annotated[float, typer.Option(help="Adaptive-DPO weight W = 1 / (k u + c): k.")] = 10.0,
+    weight_c: Annotated[float, typer.Option(help="Adaptive-DPO weight W = 1 / (k u + c): c.")] = 1.0,
+    adaptive_warmup_steps: Annotated[int, typer.Option(min=0, help="adaptive-dpo: steps with u = 0 while the "
+                                     "EMA annotators warm up.")] = 100,
     checkpoint_every: Annotated[int, typer.Option(min=0)] = 500,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="Seeds LoRA init, noise, timesteps, pair order and flips.")] = 0,
 ) -> None:
-    """Train a LoRA or a full UNet with Diffusion-DPO or Adaptive-DPO on precomputed latents."""
+    """Train a LoRA or a full UNet with Diffusion-DPO or Adaptive-DPO on a curated dataset.
+
+    Reads the pairs with their latents and text embeddings (run `prefcurate encode` first with the
+    same --model), leaves out ties, filtered and (optionally) minority pairs as the options say,
+    and prints how many pairs each reason removed before training starts.
+    """
+    from curate.dataset import DatasetError, write_json_atomic
+    from curate.train.checkpoint import latest_checkpoint
     from curate.train.config import TrainConfig
-    from curate.train.data import EncodedPairs
+    from curate.train.dataset_source import DatasetPairSource, Selection
+    from curate.train.encode import encoder_key
     from curate.train.loop import NonFiniteLoss
     from curate.train.loop import train as run_training
+    from curate.train.models import load_components
 
     try:
-        cfg = TrainConfig(model=model, output_dir=str(out), method=method.value, loss=loss.value, beta=beta,
-                          finetune=finetune.value, lora_rank=lora_rank, learning_rate=learning_rate,
+        cfg = TrainConfig(model=model, revision=revision, output_dir=str(output_dir), method=method.value,
+                          loss=loss.value, beta=beta, finetune=finetune.value, lora_rank=lora_rank,
+                          learning_rate=learning_rate, lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps,
                           max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
                           mixed_precision=mixed_precision.value, gradient_checkpointing=gradient_checkpointing,
-                          label_smoothing=label_smoothing, rho=rho, checkpoint_every=checkpoint_every, seed=seed)
-        source = EncodedPairs.load(encoded).source(batch_size, seed=seed)
-        result = run_training(cfg, source)
-    except (ValueError, FileNotFoundError, NonFiniteLoss) as err:
+                          use_8bit_adam=use_8bit_adam, label_smoothing=label_smoothing, rho=rho, weight_k=weight_k,
+                          weight_c=weight_c, adaptive_warmup_steps=adaptive_warmup_steps,
+                          checkpoint_every=checkpoint_every, seed=seed)
+        selection = Selection(split=None if split == "all" else split, ties=ties.value, filtered=filtered.value,
+                              minority=minority.value, missing=missing_latents.value,
+                              need_u=method is Method.adaptive_offline)
+    except ValueError as err:
+        fail(str(err))
+    found = latest_checkpoint(output_dir)
+    if found is not None and not resume:
+        fail(f"{output_dir} holds {found.name}: pass --resume to continue that run, or choose another --output-dir")
+    try:
+        from accelerate import PartialState
+
+        state = PartialState()
+        components = load_components(model, revision)
+        source = DatasetPairSource(dataset_dir, encoder_key(components), batch_size, selection=selection,
+                                   resolution=resolution, flip=flip, seed=seed, rank=state.process_index,
+                                   world_size=state.num_processes, model_hint=model)
+        if state.is_main_process:
+            print_counts(f"training pairs <- {dataset_dir}", source.summary_rows())
+            for note in source.notes:
+                typer.echo(f"note: {note}")
+            write_json_atomic(output_dir / "data.json", source.describe())
+        result = run_training(cfg, source, components)
+    except (ValueError, FileNotFoundError, DatasetError, NonFiniteLoss) as err:
         fail(str(err))
     typer.echo(f"trained {result.step} steps; dropped pairs: {dict(source.dropped) or 'none'}; "
                f"model: {result.exported}")
 
 
 def sample(
-    model: Annotated[str, typer.Option(help="Base model: hub id or local diffusers folder.")],
+    model: ModelOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write (row 1 base, row 2 tuned).", dir_okay=False)],
     lora: Annotated[Optional[Path], typer.Option(help="LoRA folder (train's final/ with --finetune lora).",
                                                  exists=True, file_okay=False)] = None,
@@ -105,13 +260,15 @@ def sample(
         base = load_components(model)
         tuned_unet = load_components(str(tuned)).unet if tuned else None
         sample_grid(base, prompts, out, lora_dir=lora, tuned_unet=tuned_unet, steps=steps, size=size,
-                    guidance_scale=guidance_scale, seed=seed, device=_device())
+                    guidance_scale=guidance_scale, seed=seed, device=_device("auto"))
     except (ValueError, FileNotFoundError) as err:
         fail(str(err))
     typer.echo(f"wrote {out}")
 
 
-def _device() -> str:
+def _device(choice: str) -> str:
+    if choice != "auto":
+        return choice
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"

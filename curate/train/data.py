@@ -21,7 +21,8 @@ class PairBatch:
     """B pairs: latents of the preferred (w) and other (l) image, prompt conditioning, optional u.
 
     SDXL adds pooled (B, P) and time_ids (B, 6), shared by both images of a pair (same crop, same
-    target size). `u` is the per-pair minority score from the data (adaptive-offline), else None.
+    target size). `u` is the per-pair minority score from the data (adaptive-offline), else None;
+    `weight` a per-pair loss weight from the data (pair_scores.weight), else None.
     """
 
     latent_w: torch.Tensor
@@ -31,12 +32,13 @@ class PairBatch:
     pooled: torch.Tensor | None = None
     time_ids: torch.Tensor | None = None
     u: torch.Tensor | None = None
+    weight: torch.Tensor | None = None
 
     def to(self, device, dtype=None) -> "PairBatch":
         move = lambda x, d=dtype: None if x is None else x.to(device, d)  # noqa: E731
         return replace(self, latent_w=move(self.latent_w), latent_l=move(self.latent_l),
                        text_emb=move(self.text_emb), pooled=move(self.pooled),
-                       time_ids=move(self.time_ids, None), u=move(self.u, None))
+                       time_ids=move(self.time_ids, None), u=move(self.u, None), weight=move(self.weight, None))
 
     def __len__(self) -> int:
         return len(self.pair_ids)
@@ -112,10 +114,7 @@ class InMemoryPairSource:
             self.epoch, self.cursor = self.epoch + 1, 0
 
     def _order(self, epoch: int) -> list[int]:
-        if not self.shuffle:
-            return list(range(len(self.pairs)))
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.pairs), generator=gen).tolist()
+        return epoch_order(len(self.pairs), self.seed, epoch, self.shuffle)
 
     def _collate(self, pairs: list[Mapping]) -> PairBatch:
         def latent(p, side):
@@ -146,6 +145,15 @@ class InMemoryPairSource:
                 raise ValueError(f"data position was saved with {key}={state[key]}, this source has {mine[key]}; "
                                  "resume with the same pairs and settings")
         self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
+    """The order of n pairs in one epoch: a permutation drawn from (seed, epoch) alone, so any
+    position of any epoch can be restored without replaying the ones before it."""
+    if not shuffle:
+        return list(range(n))
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=gen).tolist()
 
 
 # ---------------------------------------------------------------- encoding, run once before training
@@ -238,10 +246,10 @@ def encode_pairs(components, pairs: Sequence[Mapping], images: Mapping[str, obje
         pixels = []
         for k in chunk:
             image_id, flip = todo[k]
-            pixels.append(_to_pixels(images[image_id], resolution, flip))
+            pixels.append(to_pixels(images[image_id], resolution, flip))
             if out.time_ids is not None:
                 size = images[image_id].size  # (W, H)
-                out.time_ids[image_id] = sdxl_time_ids((size[1], size[0]), _crop_top_left(size, resolution),
+                out.time_ids[image_id] = sdxl_time_ids((size[1], size[0]), crop_top_left(size, resolution),
                                                        (resolution, resolution))
         vae = components.vae
         dist = vae.encode(torch.stack(pixels).to(device, vae.dtype)).latent_dist
@@ -261,14 +269,14 @@ def _coin(seed: int, pair_id: str) -> bool:
     return hashlib.sha256(f"{seed}:{pair_id}".encode()).digest()[0] & 1 == 1
 
 
-def _crop_top_left(size, resolution: int) -> tuple[int, int]:
+def crop_top_left(size, resolution: int) -> tuple[int, int]:
     """(top, left) of the centre crop, in resized pixels, exactly as torchvision's resize + center_crop."""
     w, h = size
     new_w, new_h = (resolution, int(resolution * h / w)) if w <= h else (int(resolution * w / h), resolution)
     return int(round((new_h - resolution) / 2)), int(round((new_w - resolution) / 2))
 
 
-def _to_pixels(image, resolution: int, flip: bool) -> torch.Tensor:
+def to_pixels(image, resolution: int, flip: bool = False) -> torch.Tensor:
     from torchvision.transforms import functional as TF
 
     image = TF.center_crop(TF.resize(image.convert("RGB"), resolution), resolution)

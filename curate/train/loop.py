@@ -173,6 +173,8 @@ def pair_step(cfg, unet, bare_unet, reference, annotators, scheduler, batch, noi
         u = minority_scores(cfg, bare_unet, annotators, batch, h, (x_t, t2, cond, target, ref_w, ref_l), adaptive_on)
         weights, margin = adaptive_terms(u, h, cfg.beta, weight_kind=cfg.weight_kind, margin_kind=cfg.margin_kind,
                                          k=cfg.weight_k, c=cfg.weight_c)
+    if batch.weight is not None:  # per-pair data weights (train --minority weight: pair_scores.weight)
+        weights = batch.weight.float() if weights is None else weights * batch.weight.float()
     losses = preference_loss(h, cfg.loss, cfg.beta, weights=weights, margin=margin,
                              label_smoothing=cfg.label_smoothing, ipo_tau=cfg.ipo_tau)
     return StepOutput(loss=losses.mean(), losses=losses.detach(), h=h.detach(),
