@@ -166,15 +166,17 @@ def _drop_duplicate_pairs(stage: IngestStage, dataset: Dataset, results) -> dict
     _, inverse = np.unique(keys, return_inverse=True)
     first_pos = np.full(inverse.max() + 1, -1)
     first_pos[inverse[first]] = np.flatnonzero(first)
-    original = ids.hex_words(hi[first_pos[inverse]], lo[first_pos[inverse]]).to_pylist()
-    moved = 0
-    for index in np.unique(shard[~first]):
-        dup = np.flatnonzero((shard == index) & ~first)
-        drop = dict(zip(ids.hex_words(hi[dup], lo[dup]).to_pylist(), (original[i] for i in dup)))
-        moved += _move_pairs_to_rejects(stage, dataset, int(index), drop)
+    dups = np.flatnonzero(~first)
+    originals = first_pos[inverse[dups]]  # where each duplicate's first occurrence sits
+    dup_ids = ids.hex_words(hi[dups], lo[dups]).to_pylist()
+    original_ids = ids.hex_words(hi[originals], lo[originals]).to_pylist()
+    for index in np.unique(shard[dups]):
+        mine = shard[dups] == index
+        drop = {d: o for d, o, m in zip(dup_ids, original_ids, mine) if m}
+        _move_pairs_to_rejects(stage, dataset, int(index), drop)
     # The counts describe the final tables whether this ran now or in an earlier, interrupted finalize.
-    total = int((~first).sum())
-    return {"accepted": -total, f"rejected:{Reason.DUPLICATE_ROW.value}": total} if moved >= 0 else {}
+    total = len(dups)
+    return {"accepted": -total, f"rejected:{Reason.DUPLICATE_ROW.value}": total}
 
 
 def _move_pairs_to_rejects(stage: IngestStage, dataset: Dataset, index: int, drop: dict[str, str]) -> int:
