@@ -1,6 +1,7 @@
 """Options and error handling shared by the stage commands (typer and stdlib only at import)."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -24,8 +25,9 @@ DatasetArg = Annotated[Path, typer.Argument(help="The dataset directory (made by
                                             exists=True, file_okay=False, dir_okay=True)]
 
 
-# Set by `prefcurate run`: stages already complete under the same fingerprint are skipped.
-PIPELINE = {"skip_complete": False, "skipped": []}
+# Set by `prefcurate run`: stages already complete under the same fingerprint are skipped, and
+# every stage uses the run's one executor (one Dask cluster for the whole pipeline, not one a stage).
+PIPELINE = {"skip_complete": False, "skipped": [], "executor": None}
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -34,11 +36,23 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+@contextmanager
+def stage_executor(executor: ExecutorName = ExecutorName.local, scheduler: str | None = None, workers: int = 2):
+    """The executor a command runs its stages on: the pipeline's shared one under `prefcurate run`, else its own."""
+    if PIPELINE["executor"] is not None:
+        yield PIPELINE["executor"]
+        return
+    from curate.runner import make_executor
+
+    with make_executor(executor.value, scheduler=scheduler, workers=workers) as ex:
+        yield ex
+
+
 def run_stage_cli(stage, dataset_dir: Path, executor: ExecutorName = ExecutorName.local,
                   scheduler: str | None = None, workers: int = 2, resume: bool = False, skip_complete: bool = False):
     """Run a stage for a command: expected failures become one clear message, not a traceback."""
     from curate.dataset import DatasetError
-    from curate.runner import FingerprintMismatch, make_executor, run_stage
+    from curate.runner import FingerprintMismatch, run_stage
     from curate.schema import SchemaError
 
     from curate.runner import is_complete
@@ -49,7 +63,7 @@ def run_stage_cli(stage, dataset_dir: Path, executor: ExecutorName = ExecutorNam
         if skip_complete and is_complete(stage, _dataset(dataset_dir)):
             PIPELINE["skipped"].append(stage.name)
             return run_stage(stage, dataset_dir, skip_complete=True)  # reads the finished run's report
-        with make_executor(executor.value, scheduler=scheduler, workers=workers) as ex:
+        with stage_executor(executor, scheduler, workers) as ex:
             return run_stage(stage, dataset_dir, ex, resume=resume, skip_complete=skip_complete)
     except expected as exc:
         fail(str(exc))

@@ -27,8 +27,6 @@ def run(
 
     The executor options apply to every stage that runs over shards. Ends with the funnel.
     """
-    import click
-
     from curate.cli import app
     from curate.pipeline import PipelineError, load
 
@@ -43,8 +41,21 @@ def run(
         pipeline = load(pipeline_file, overrides, known_commands=set(command.commands))
     except PipelineError as exc:
         fail(str(exc))
-    PIPELINE.update(skip_complete=True, skipped=[])
+    from curate.runner import make_executor
+
     given = {"executor": executor.value, "scheduler": scheduler, "workers": workers, "resume": resume}
+    with make_executor(executor.value, scheduler=scheduler, workers=workers) as shared:
+        PIPELINE.update(skip_complete=True, skipped=[], executor=shared)
+        try:
+            _run_steps(pipeline, command, given)
+        finally:
+            PIPELINE.update(skip_complete=False, executor=None)
+    print_funnel(pipeline.dataset)
+
+
+def _run_steps(pipeline, command, given: dict) -> None:
+    import click
+
     for number, step in enumerate(pipeline.steps, 1):
         sub = command.commands[step.command]
         accepts = {p.name for p in sub.params}
@@ -68,8 +79,6 @@ def run(
         if len(PIPELINE["skipped"]) > before:
             typer.echo("  (complete under the same fingerprint: skipped)")
         _record_written(pipeline.dataset, step.command, argv)
-    PIPELINE.update(skip_complete=False)
-    print_funnel(pipeline.dataset)
 
 
 def _marker(dataset: Path, command: str, argv: list[str]) -> tuple[Path, str]:

@@ -100,11 +100,12 @@ def encode(
     are encoded. Latents are the VAE posterior mean (deterministic: no seed).
     """
     from curate.dataset import DatasetError
-    from curate.runner import FingerprintMismatch, make_executor
+    from curate.cli.common import stage_executor
+    from curate.runner import FingerprintMismatch
     from curate.train.encode import EncodeError, encode_dataset
 
     try:
-        with make_executor(executor.value, scheduler=scheduler, workers=workers) as ex:
+        with stage_executor(executor, scheduler, workers) as ex:
             summary = encode_dataset(dataset_dir, model, revision=revision, resolution=resolution, flip=flip,
                                      device=_device(device.value), precision=precision.value, batch_size=batch_size,
                                      images_per_shard=images_per_shard, executor=ex, resume=resume)
