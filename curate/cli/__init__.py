@@ -19,14 +19,19 @@ app = typer.Typer(
 
 # (command name, "module:function") for single commands; (group name, "module:app") for groups.
 COMMANDS: list[tuple[str, str]] = [
+    ("run", "curate.cli.run:run"),
     ("ingest", "curate.cli.ingest:ingest"),
     ("annotators", "curate.cli.annotators:annotators"),
     ("flag", "curate.cli.annotators:flag"),
+    ("encode", "curate.cli.train:encode"),
     ("train", "curate.cli.train:train"),
     ("sample", "curate.cli.train:sample"),
     ("demo-data", "curate.cli.demo_data:demo_data"),
     ("embed", "curate.cli.embed:embed"),
     ("filter", "curate.cli.filter:filter_pairs"),
+    ("export", "curate.cli.publish:export"),
+    ("publish", "curate.cli.publish:publish"),
+    ("report", "curate.cli.report:report"),
 ]
 GROUPS: list[tuple[str, str]] = [
     ("scores", "curate.cli.scores:app"),

@@ -14,6 +14,20 @@ class ExecutorName(str, Enum):
     dask = "dask"
 
 
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Precision(str, Enum):
+    """Precision a model runs in (embedding, encoding)."""
+
+    fp32 = "fp32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
 ExecutorOpt = Annotated[ExecutorName, typer.Option("--executor", help="local: in-process, no server (default). "
                                                    "dask: a LocalCluster of --workers processes, or --scheduler.")]
 SchedulerOpt = Annotated[Optional[str], typer.Option("--scheduler", help="Address of a running Dask scheduler "

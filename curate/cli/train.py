@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from curate.cli.common import (DatasetArg, ExecutorName, ExecutorOpt, ResumeOpt, SchedulerOpt, WorkersOpt, fail,
+from curate.cli.common import (DatasetArg, Device, Precision, ExecutorName, ExecutorOpt, ResumeOpt, SchedulerOpt, WorkersOpt, fail,
                                print_counts)
 
 
@@ -30,22 +30,10 @@ class Finetune(str, Enum):
     full = "full"
 
 
-class Precision(str, Enum):
+class MixedPrecision(str, Enum):
     no = "no"
     fp16 = "fp16"
     bf16 = "bf16"
-
-
-class EncodePrecision(str, Enum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    bf16 = "bf16"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 class Ties(str, Enum):
@@ -81,8 +69,8 @@ def encode(
     flip: Annotated[bool, typer.Option("--flip/--no-flip", help="Also encode each image flipped (twice the time "
                     "and storage), so `train --flip` can flip a pair (both images) afresh every epoch.")] = False,
     device: Annotated[Device, typer.Option(help="auto: cuda when available, else cpu.")] = Device.auto,
-    precision: Annotated[EncodePrecision, typer.Option(help="Precision of the VAE and text encoders. SDXL's VAE "
-                         "overflows in fp16: use fp32 or bf16 for it.")] = EncodePrecision.fp32,
+    precision: Annotated[Precision, typer.Option(help="Precision of the VAE and text encoders. SDXL's VAE "
+                         "overflows in fp16: use fp32 or bf16 for it.")] = Precision.fp32,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images (and prompts) per forward pass; "
                           "with --flip each image is two samples.")] = 16,
     images_per_shard: Annotated[int, typer.Option("--images-per-shard", min=1, help="Images per task and output "
@@ -173,7 +161,7 @@ def train(
     max_steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 2000,
     batch_size: Annotated[int, typer.Option(min=1, help="Pairs per device per micro-batch.")] = 16,
     grad_accum: Annotated[int, typer.Option(min=1)] = 1,
-    mixed_precision: Annotated[Precision, typer.Option()] = Precision.no,
+    mixed_precision: Annotated[MixedPrecision, typer.Option()] = MixedPrecision.no,
     gradient_checkpointing: Annotated[bool, typer.Option()] = False,
     use_8bit_adam: Annotated[bool, typer.Option("--use-8bit-adam", help="bitsandbytes AdamW8bit.")] = False,
     label_smoothing: Annotated[float, typer.Option(help="eps for cdpo / rdpo.")] = 0.0,
