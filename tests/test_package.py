@@ -23,6 +23,8 @@ def test_wheel_ships_every_schema(tmp_path):
     for declared in (ROOT / "schemas").glob("*.json"):
         assert f"curate/schemas/{declared.name}" in names
     assert any(n.endswith("entry_points.txt") for n in names)
+    # the demo's scorer must come with a plain `pip install .`
+    assert "curate/assets/domain_clip/open_clip_model.safetensors" in names
 
 
 def test_help_imports_nothing_heavy():
