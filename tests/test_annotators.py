@@ -142,3 +142,20 @@ def test_dask_gives_the_same_tables(world, tmp_path):
     for table in ("consensus", "annotators", "pair_scores"):
         for a, b in zip(Dataset(tmp_path / "local").shards(table), Dataset(tmp_path / "dask").shards(table)):
             assert a.read_bytes() == b.read_bytes(), (table, a.name)
+
+
+def test_bootstrap_gives_the_stability_of_each_consensus(world, tmp_path):
+    import shutil
+
+    shutil.copytree(world / "ds", tmp_path / "ds")
+    cli("annotators", str(tmp_path / "ds"), "--bootstrap", "8")
+    consensus = Dataset(tmp_path / "ds").read_table("consensus").to_pandas()
+    stability = consensus["bt_stability"].dropna()
+    assert len(stability) == len(consensus)  # every judged image pair was compared
+    assert stability.between(0, 1).all() and stability.mean() > 0.5  # the full fit's order mostly survives
+    # the order of a pair the crowd strongly agrees on is more stable than one it is split on
+    strong = consensus["bt_margin"].abs() > consensus["bt_margin"].abs().median()
+    assert stability[strong].mean() > stability[~strong].mean()
+    first = (tmp_path / "ds" / "tables" / "consensus" / "annotators-00000.arrow").read_bytes()
+    cli("annotators", str(tmp_path / "ds"), "--bootstrap", "8")
+    assert (tmp_path / "ds" / "tables" / "consensus" / "annotators-00000.arrow").read_bytes() == first  # seeded

@@ -53,8 +53,10 @@ def comparisons(keyed: pl.DataFrame) -> dict[str, np.ndarray]:
         winner=pl.when(winner_is_a).then("key_a").otherwise("key_b"),
         loser=pl.when(winner_is_a).then("key_b").otherwise("key_a"),
         tie=pl.col("label") == "tie",
+        # the bootstrap resamples people: a judgement without an annotator id is its own "person"
+        who=pl.col("annotator_id").fill_null(pl.col("pair_id")).hash(seed=11),
     )
-    return {c: frame[c].to_numpy() for c in ("winner", "loser", "tie")}
+    return {c: frame[c].to_numpy() for c in ("winner", "loser", "tie", "who")}
 
 
 def label_sign(labels: pl.Series) -> np.ndarray:

@@ -35,6 +35,7 @@ class AnnotatorsStage(Stage):
     bradley_terry: bool = True
     ridge: float = 1.0
     level: float = 0.95
+    bootstrap: int = 0
 
     name = "annotators"
     version = 1
@@ -42,7 +43,8 @@ class AnnotatorsStage(Stage):
     inputs = ("pairs", "scores")
 
     def config(self) -> dict:
-        return {"bradley_terry": self.bradley_terry, "ridge": self.ridge, "level": self.level}
+        return {"bradley_terry": self.bradley_terry, "ridge": self.ridge, "level": self.level,
+                "bootstrap": self.bootstrap}
 
     def plan(self, dataset: Dataset) -> list[dict]:
         shards = dataset.require("pairs", "run `prefcurate ingest` first")
@@ -74,7 +76,8 @@ class AnnotatorsStage(Stage):
 
         partials = [r.partial for r in results]
         state = _merge_votes([p["votes"] for p in partials])
-        state.update(_fit_bradley_terry([p["comparisons"] for p in partials], self.ridge) if self.bradley_terry else {})
+        state.update(_fit_bradley_terry([p["comparisons"] for p in partials], self.ridge, self.bootstrap)
+                     if self.bradley_terry else {})
         sq = sum(p["scorer_sq"] for p in partials) if partials else np.zeros(0)
         n = sum(p["scorer_n"] for p in partials) if partials else np.zeros(0)
         state["scorer_rms"] = np.sqrt(sq / np.maximum(n, 1)) if len(partials) else np.zeros(0)
@@ -154,21 +157,40 @@ def _merge_votes(parts: list[pa.Table]) -> dict[str, np.ndarray]:
     return {c: merged[c].to_numpy() for c in ("group", "lo_wins", "hi_wins", "tied")}
 
 
-def _fit_bradley_terry(parts: list[dict], ridge: float) -> dict[str, np.ndarray]:
-    """One sparse fit over every image; returns image keys, log-strengths and each image's curvature."""
-    from curate.bradley_terry import fit_bradley_terry
+def _fit_bradley_terry(parts: list[dict], ridge: float, bootstrap: int = 0) -> dict[str, np.ndarray]:
+    """One sparse fit over every image: image keys, log-strengths, each image's curvature and, with
+    ``bootstrap`` > 0, the stability of every compared image pair's order under resampled annotators."""
+    from curate.bradley_terry import bootstrap_consensus, fit_bradley_terry
 
-    winner = np.concatenate([p["winner"] for p in parts]) if parts else np.zeros(0, np.int64)
-    loser = np.concatenate([p["loser"] for p in parts]) if parts else np.zeros(0, np.int64)
-    tie = np.concatenate([p["tie"] for p in parts]) if parts else np.zeros(0, bool)
+    cat = lambda name, dtype: np.concatenate([p[name] for p in parts]) if parts else np.zeros(0, dtype)  # noqa: E731
+    winner, loser, tie, who = cat("winner", np.int64), cat("loser", np.int64), cat("tie", bool), cat("who", np.uint64)
     keys, index = np.unique(np.concatenate([winner, loser]), return_inverse=True)
     w_idx, l_idx = index[: len(winner)], index[len(winner):]
     if not len(keys):
         return {"bt_keys": keys, "bt_scores": np.zeros(0), "bt_curvature": np.zeros(0)}
-    fit = fit_bradley_terry(w_idx, l_idx, len(keys), ties=tie, ridge=ridge)
+    out: dict[str, np.ndarray] = {"bt_keys": keys}
+    if bootstrap > 0:
+        consensus = bootstrap_consensus(w_idx, l_idx, who, len(keys), n_boot=bootstrap, ties=tie, ridge=ridge)
+        fit = consensus.full
+        lo, hi = np.minimum(consensus.winner, consensus.loser), np.maximum(consensus.winner, consensus.loser)
+        order = np.argsort(lo * len(keys) + hi)
+        out.update(bt_pair=(lo * len(keys) + hi)[order], bt_stability=consensus.agreement[order])
+    else:
+        fit = fit_bradley_terry(w_idx, l_idx, len(keys), ties=tie, ridge=ridge)
     p = 1.0 / (1.0 + np.exp(-(fit.scores[w_idx] - fit.scores[l_idx])))
     curvature = ridge + np.bincount(w_idx, p * (1 - p), len(keys)) + np.bincount(l_idx, p * (1 - p), len(keys))
-    return {"bt_keys": keys, "bt_scores": fit.scores, "bt_curvature": curvature}
+    out.update(bt_scores=fit.scores, bt_curvature=curvature)
+    return out
+
+
+def _bt_stability(keyed, state) -> np.ndarray:
+    """The bootstrap stability of the order of each pair's two images (NaN without a bootstrap)."""
+    ka, kb = keyed["key_a"].to_numpy(), keyed["key_b"].to_numpy()
+    if "bt_stability" not in state:
+        return np.full(len(ka), np.nan)
+    keys, n = state["bt_keys"], len(state["bt_keys"])
+    ia, ib = np.searchsorted(keys, ka), np.searchsorted(keys, kb)
+    return _lookup(state["bt_pair"], state["bt_stability"], np.minimum(ia, ib) * n + np.maximum(ia, ib))
 
 
 def _lookup(sorted_keys: np.ndarray, values: np.ndarray, keys: np.ndarray, missing=np.nan) -> np.ndarray:
@@ -206,6 +228,7 @@ def _consensus_shard(job) -> dict:
                                       pa.float32(), from_pandas=True),
         "vote_entropy": pa.array(votes["entropy"], pa.float32(), from_pandas=True),
         "bt_margin": pa.array(bt, pa.float32(), from_pandas=True),
+        "bt_stability": pa.array(_bt_stability(keyed, state), pa.float32(), from_pandas=True),
         "signal_names": _repeated_list(names, pairs.height),
         "signal_margins": pa.ListArray.from_arrays(_offsets(pairs.height, len(names)),
                                                    pa.array(margins.T.astype(np.float32).ravel())),

@@ -13,6 +13,8 @@ def annotators(
     bradley_terry: Annotated[bool, typer.Option("--bradley-terry/--no-bradley-terry", help="Fit Bradley-Terry "
                              "(Davidson ties) over every image as a consensus and a signal.")] = True,
     level: Annotated[float, typer.Option(min=0.5, max=0.999, help="Credible level of the reliability interval.")] = 0.95,
+    bootstrap: Annotated[int, typer.Option(min=0, help="Refit Bradley-Terry this many times on annotators resampled "
+                         "with replacement: consensus.bt_stability. Costs a fit each.")] = 0,
     executor: ExecutorOpt = ExecutorName.local,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = 2,
@@ -25,7 +27,7 @@ def annotators(
     """
     from curate.annotators.stage import AnnotatorsStage
 
-    report = run_stage_cli(AnnotatorsStage(bradley_terry=bradley_terry, level=level), dataset, executor, scheduler,
+    report = run_stage_cli(AnnotatorsStage(bradley_terry=bradley_terry, level=level, bootstrap=bootstrap), dataset, executor, scheduler,
                            workers, resume)
     stats = report.stats
     alpha = stats.get("krippendorff_alpha_x1000", -1000)
