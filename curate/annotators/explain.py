@@ -42,7 +42,9 @@ def explain_pair(dataset_dir: Path, pair_id: str) -> str:
     if consensus:
         lines.append(f"  consensus ({consensus['source']}): P(labelled winner is better) = {_num(consensus['agreement'])}")
         lines.append(f"    other votes: {consensus['other_votes']} (agreeing share {_num(consensus['other_agree_share'])}), "
-                     f"Bradley-Terry margin {_num(consensus['bt_margin'])}")
+                     f"Bradley-Terry margin {_num(consensus['bt_margin'])}"
+                     + (f" (order kept in {_num(consensus['bt_stability'], '.0%')} of bootstrap refits)"
+                        if consensus.get("bt_stability") is not None else ""))
         for name, margin in zip(consensus["signal_names"], consensus["signal_margins"]):
             lines.append(f"    signal {name}: normalised margin {_num(margin, '+.3f')}")
     lines.append(f"  Adaptive-DPO metric over {scores['signals']} signals: u = {_num(scores['u'])} "
