@@ -202,3 +202,10 @@ def test_malformed_rows_always_reconcile(tmp_path_factory, rows):
     assert seen == list(range(len(rows)))  # each input row exactly once
     assert report.stats["items"] == report.stats["accepted"] + sum(
         v for k, v in report.stats.items() if k.startswith("rejected:"))
+
+
+def test_a_hub_dataset_id_offline_says_so_at_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = runner.invoke(app, ["ingest", "yuvalkirstain/pickapic_v2", "-f", "pickapic", "-o", str(tmp_path / "ds")])
+    assert result.exit_code == 2
+    assert "HF_HUB_OFFLINE is set" in result.output and "pass their folder" in result.output.replace("\n", " ")
