@@ -56,19 +56,29 @@ def digest(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def run(work: Path, world: Path, name: str, extra: list[str]) -> float:
+def run(work: Path, world: Path, name: str, extra: list[str]) -> tuple[float, dict[str, float]]:
+    """Wall time of the run, and of each stage (from the moment its `[i/N] prefcurate STAGE` line appears)."""
     out = work / name
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     pipeline = out / "stages.toml"
     pipeline.write_text(STAGES.replace("OUT", str(out)).replace("WORLD", str(world)))
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "curate.cli", "run", str(pipeline), *extra],
-                          capture_output=True, text=True)
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "curate.cli", "run", str(pipeline), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    marks, lines = [("start", started)], []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("[") and "] prefcurate " in line:
+            marks.append((line.split("] prefcurate ")[1].split()[0], time.perf_counter()))
+    proc.wait()
     seconds = time.perf_counter() - started
-    if done.returncode:
-        raise SystemExit(done.stdout[-3000:] + done.stderr[-3000:])
-    return seconds
+    if proc.returncode:
+        raise SystemExit("".join(lines[-60:]))
+    marks.append(("end", started + seconds))
+    stages = {name: marks[i + 1][1] - t for i, (name, t) in enumerate(marks[:-1]) if name not in ("start",)}
+    stages["start-up"] = marks[1][1] - started
+    return seconds, stages
 
 
 def main() -> None:
@@ -83,14 +93,16 @@ def main() -> None:
         started = time.perf_counter()
         build_world(world, WorldConfig(pairs=args.pairs, seed=0, formats=("pickapic",)))
         print(f"world of {args.pairs:,} pairs made in {time.perf_counter() - started:.0f} s (not timed below)")
-    local = run(args.work, world, "local", [])
-    dask = run(args.work, world, "dask", ["--executor", "dask", "--workers", "2"])
+    local, local_stages = run(args.work, world, "local", [])
+    dask, dask_stages = run(args.work, world, "dask", ["--executor", "dask", "--workers", "2"])
     same = digest(args.work / "local") == digest(args.work / "dask")
     print(f"ingest -> embed -> annotators -> flag -> filter on {args.pairs:,} pairs")
-    print(f"  in-process          : {local:7.1f} s")
-    print(f"  Dask, 2 workers     : {dask:7.1f} s")
-    print(f"  speed-up            : {local / dask:.2f}x (target >= 1.6x)")
-    print(f"  tables identical    : {'yes' if same else 'NO'}")
+    print(f"  {'stage':<12} {'in-process':>11} {'Dask x2':>9} {'speed-up':>9}")
+    for stage in local_stages:
+        a, b = local_stages[stage], dask_stages.get(stage, float("nan"))
+        print(f"  {stage:<12} {a:10.1f}s {b:8.1f}s {a / b:8.2f}x")
+    print(f"  {'total':<12} {local:10.1f}s {dask:8.1f}s {local / dask:8.2f}x (target >= 1.6x)")
+    print(f"  tables identical: {'yes' if same else 'NO'}")
 
 
 if __name__ == "__main__":
