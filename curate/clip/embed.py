@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import math
 import multiprocessing
 import re
@@ -28,7 +27,8 @@ from curate import schema as schemas
 from curate.clip.models import ClipSource, LoadedClip, load_clip
 from curate.dataset import Dataset, read_shard
 from curate.ids import normalize_prompt
-from curate.runner import Stage, ShardContext
+from curate.runner import ShardContext, Stage, committed_generation_files
+from curate.runner import generations as runner_generations
 
 EMBEDDING_TABLES = ("image_embeddings", "prompt_embeddings", "embed_failures")
 ROWS_PER_BATCH = 2048  # rows per written record batch: big enough that per-batch overhead vanishes
@@ -231,26 +231,12 @@ def failure_batch(failures: list[tuple[str, str, str]], key: str) -> pa.RecordBa
 # ------------------------------------------------------------------------------ generations
 def generations(ds: Dataset, key: str) -> list[tuple[int, bool]]:
     """(generation, committed) of every embed run of ``key`` in the dataset, oldest first."""
-    prefix = f"embed-{model_slug(key)}-g"
-    runs = ds.root / "runs"
-    found = []
-    for run in sorted(runs.glob(f"{prefix}*")) if runs.is_dir() else []:
-        if run.name[len(prefix):].isdigit():
-            found.append((int(run.name[len(prefix):]), (run / "manifest.json").is_file()))
-    return found
+    return runner_generations(ds, f"embed-{model_slug(key)}-g")
 
 
 def prior_files(ds: Dataset, key: str, before: int) -> dict[str, tuple[str, ...]]:
     """Output files of committed generations older than ``before``, per embedding table (from their manifests)."""
-    prefix = f"embed-{model_slug(key)}-g"
-    out: dict[str, list[str]] = {t: [] for t in EMBEDDING_TABLES}
-    for generation, committed in generations(ds, key):
-        if committed and generation < before:
-            manifest = json.loads((ds.run_dir(f"{prefix}{generation:03d}") / "manifest.json").read_text())
-            for table in EMBEDDING_TABLES:
-                shards = manifest["tables"].get(table, {}).get("shards", [])
-                out[table] += [f"tables/{table}/{s['file']}" for s in shards if s["rows"]]
-    return {t: tuple(files) for t, files in out.items()}
+    return committed_generation_files(ds, f"embed-{model_slug(key)}-g", EMBEDDING_TABLES, before)
 
 
 def count_pending(ds: Dataset, key: str, prior: dict[str, tuple[str, ...]]) -> tuple[int, int]:

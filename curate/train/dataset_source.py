@@ -106,8 +106,6 @@ def _covering(ds: Dataset, frame, table: str, columns: list[str], fix: str):
 
 
 def _apply_filters(ds: Dataset, pairs, sel: Selection, dropped: Counter, counts: Counter, notes: list[str]):
-    import polars as pl
-
     if not ds.has("filters"):
         notes.append("no filters table: nothing filtered (`prefcurate filter` makes one)")
         return pairs

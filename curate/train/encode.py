@@ -35,7 +35,8 @@ import pyarrow.ipc as ipc
 
 from curate import schema as schemas
 from curate.dataset import Dataset, read_shard
-from curate.runner import ShardContext, Stage
+from curate.runner import ShardContext, Stage, committed_generation_files
+from curate.runner import generations as runner_generations
 
 TABLES = ("latents", "text_embeddings")
 # The trainer reads single rows at random; a compressed record batch is decompressed whole, so keep them small.
@@ -141,26 +142,12 @@ def stage_prefix(key: str) -> str:
 
 def generations(ds: Dataset, key: str) -> list[tuple[int, bool]]:
     """(generation, committed) of every encode run of ``key``, oldest first."""
-    prefix = stage_prefix(key)
-    runs = ds.root / "runs"
-    found = []
-    for run in sorted(runs.glob(f"{prefix}*")) if runs.is_dir() else []:
-        if run.name[len(prefix):].isdigit():
-            found.append((int(run.name[len(prefix):]), (run / "manifest.json").is_file()))
-    return found
+    return runner_generations(ds, stage_prefix(key))
 
 
 def committed_files(ds: Dataset, key: str, before: int | None = None) -> dict[str, tuple[str, ...]]:
-    """Non-empty output files (relative to the dataset) of the committed generations of ``key``
-    older than ``before``, per table, from their manifests: a file no manifest lists is not data yet."""
-    out: dict[str, list[str]] = {t: [] for t in TABLES}
-    for generation, committed in generations(ds, key):
-        if committed and (before is None or generation < before):
-            manifest = json.loads((ds.run_dir(f"{stage_prefix(key)}{generation:03d}") / "manifest.json").read_text())
-            for table in TABLES:
-                shards = manifest["tables"].get(table, {}).get("shards", [])
-                out[table] += [f"tables/{table}/{s['file']}" for s in shards if s["rows"]]
-    return {t: tuple(files) for t, files in out.items()}
+    """Non-empty output files of the committed encode generations of ``key`` older than ``before``, per table."""
+    return committed_generation_files(ds, stage_prefix(key), TABLES, before)
 
 
 def read_columns(path: Path, table: str, columns: list[str]) -> pa.Table:
