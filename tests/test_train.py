@@ -9,7 +9,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from curate.train.config import TrainConfig  # noqa: E402
-from curate.train.data import InMemoryPairSource, encode_pairs  # noqa: E402
+from curate.train.data import encode_pairs  # noqa: E402
 from curate.train.ema import EMAAnnotators  # noqa: E402
 from curate.train.evaluate import evaluate_pairs  # noqa: E402
 from curate.train.loop import NonFiniteLoss, minority_scores, pair_step, train  # noqa: E402
