@@ -141,7 +141,7 @@ def evaluate(prep: Prepared, unet, reference, cfg: BenchConfig) -> dict:
     decided = sum(p["label"] != "tie" for p in pairs)
     source = InMemoryPairSource(pairs, prep.latents, prep.prompt_states, batch_size=min(8, decided), shuffle=False)
     acc = evaluate_pairs(unet, reference, prep.base.scheduler, source, batches=source.batches_per_epoch,
-                         draws=cfg.implicit_draws)
+                         draws=cfg.implicit_draws, device=next(unet.parameters()).device)
     return {"reward": float(reward.mean()), "fidelity": float(got["fidelity"].mean()), "quality": float(got["quality"].mean()),
             "win_rate": float(np.mean((reward > base_reward) + 0.5 * (reward == base_reward))),
             "implicit_acc": acc["implicit_acc"], "heldout_pairs": acc["pairs"]}

@@ -54,7 +54,8 @@ def pretrain(cfg: PretrainConfig = PretrainConfig(), log=print) -> tuple[AlignMo
         f"(data fidelity {fid.mean():.3f}, quality {qual.mean():.3f})")
     params = list(model.encoder.parameters()) + list(model.unet.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
-    schedule = lambda s: min(1.0, (s + 1) / cfg.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))  # noqa: E731
+    def schedule(s: int) -> float:  # linear warm-up, then cosine down to a tenth of the peak
+        return min(1.0, (s + 1) / cfg.warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * s / cfg.steps)))
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     ema = {"encoder": copy.deepcopy(model.encoder), "unet": copy.deepcopy(model.unet)}
     rng = np.random.default_rng(cfg.seed)

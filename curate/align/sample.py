@@ -28,14 +28,15 @@ def sample_images(unet, scheduler, text: torch.Tensor, empty: torch.Tensor, seed
     ddim.set_timesteps(steps)
     was_training = unet.training
     unet.eval()
+    device = next(unet.parameters()).device  # noise is drawn on the CPU so every device starts alike
     side = unet.config.sample_size
     shape = (unet.config.in_channels, side, side)
     out = []
     for start in range(0, len(text), batch):
         cond = text[start:start + batch]
         n = len(cond)
-        x = initial_noise(seeds[start:start + n], shape)
-        states = torch.cat([empty.expand(n, *empty.shape), cond])
+        x = initial_noise(seeds[start:start + n], shape).to(device)
+        states = torch.cat([empty.expand(n, *empty.shape), cond]).to(device)
         for t in ddim.timesteps:
             eps = unet(torch.cat([x, x]), t, encoder_hidden_states=states).sample
             eps_empty, eps_text = eps.chunk(2)
