@@ -21,13 +21,7 @@ from curate.train.synthetic import pattern_pairs  # noqa: E402
 LATENT = (4, 8, 8)  # 16 x 16 px through the tiny VAE (factor 2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny convolutions run fastest on one thread, and the machine is shared.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def config(tmp_path, **overrides) -> TrainConfig:
