@@ -48,3 +48,11 @@ def test_declared_schemas_load_and_validate():
         declared = schema.load(name)
         dims = {f["name"]: 4 for f in declared.fields if f["type"].endswith(",*>")}
         assert declared.empty(**dims).schema.metadata[b"prefcurate.schema"] == name.encode()
+
+
+def test_version_flag_needs_no_command():
+    from curate import __version__
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"prefcurate {__version__}"

@@ -49,15 +49,21 @@ for _name, _target in GROUPS:
     app.add_typer(_resolve(_target), name=_name)
 
 
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
-) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    # A parameter callback runs while the options are parsed, before click asks for a command.
+    if value:
         from curate import __version__
 
         typer.echo(f"prefcurate {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=_print_version, expose_value=False),
+) -> None:
+    """Curate pairwise human-preference data for text-to-image models and train them with Adaptive-DPO."""
 
 
 def main() -> None:
