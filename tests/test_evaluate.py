@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import shutil
 
 import numpy as np
 import polars as pl
@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from curate.cli import app
 from curate.evaluation.stats import cluster_bootstrap_interval, paired_comparison, paired_outcomes
 from curate.evaluation.suites import SuiteError, load_suite
+from evaluation_data import build_evaluation, evaluate_cli
 
 runner = CliRunner()
 
@@ -84,36 +85,9 @@ def test_held_out_split_of_an_ingested_dataset(tmp_path):
 
 
 # ------------------------------------------------------------------------------ a real evaluation
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory, torch_one_thread):
-    """A tiny SD 1.x folder, a LoRA on it (random, non-zero) and a full fine-tune (other UNet weights)."""
-    import torch
-    from peft import LoraConfig
-
-    from curate.train.export import save_lora
-    from curate.train.models import tiny_sd15
-
-    root = tmp_path_factory.mktemp("models")
-    tiny_sd15(0).save_pretrained(root / "base")
-    tuned = tiny_sd15(0)
-    torch.manual_seed(1)
-    tuned.unet.add_adapter(LoraConfig(r=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    save_lora(tuned.unet, tuned, root / "lora")
-    tiny_sd15(1).save_pretrained(root / "full")
-    return root
-
-
-def evaluate_cli(models: Path, out: Path, *extra: str):
-    return runner.invoke(app, ["evaluate", "--model", str(models / "base"), "--lora", str(models / "lora"),
-                               "--tuned", str(models / "full"), "--prompts", "world:3", "--scorers",
-                               "world,clip:domain", "--images-per-prompt", "2", "--seed", "7", "--steps", "2",
-                               "--resolution", "32", "--batch-size", "4", "--device", "cpu", "--out", str(out), *extra])
-
-
-def test_evaluate_end_to_end_resumes_and_refuses_another_config(tiny_models, tmp_path):
+def test_evaluate_end_to_end_resumes_and_refuses_another_config(tmp_path, torch_one_thread):
     out = tmp_path / "ev"
-    result = evaluate_cli(tiny_models, out)
-    assert result.exit_code == 0, result.output
+    shutil.copytree(build_evaluation(), out)
     table = pl.read_parquet(out / "images.parquet")
     assert table.columns == ["model", "prompt_index", "prompt", "category", "seed", "image", "world", "clip:domain"]
     assert table.height == 3 * 6 and table["model"].unique(maintain_order=True).to_list() == ["base", "lora", "full"]
@@ -132,17 +106,17 @@ def test_evaluate_end_to_end_resumes_and_refuses_another_config(tiny_models, tmp
     (out / "shards" / "full" / "00001.arrow").unlink()
     (out / "summary.json").unlink()
     kept = (out / "shards" / "base" / "00000.arrow").stat().st_mtime_ns
-    again = evaluate_cli(tiny_models, out)
+    again = evaluate_cli(out)
     assert again.exit_code == 0, again.output
     assert (out / "shards" / "base" / "00000.arrow").stat().st_mtime_ns == kept
     assert pl.read_parquet(out / "images.parquet").equals(table)  # deterministic: the same images and scores
     assert [(out / p).read_bytes() for p in table.filter(pl.col("model") == "full")["image"]] == images["full"]
 
-    other = evaluate_cli(tiny_models, out, "--guidance-scale", "2")
+    other = evaluate_cli(out, "--guidance-scale", "2")
     assert other.exit_code == 2 and "another guidance_scale" in other.output
 
 
-def test_evaluate_fails_before_any_work_on_missing_weights(tiny_models, tmp_path):
-    result = evaluate_cli(tiny_models, tmp_path / "ev", "--scorers", "world,hps")
+def test_evaluate_fails_before_any_work_on_missing_weights(tmp_path):
+    result = evaluate_cli(tmp_path / "ev", "--scorers", "world,hps")
     assert result.exit_code == 2 and "xswu/HPSv2/HPS_v2.1_compressed.pt" in result.output
     assert not (tmp_path / "ev").exists()

@@ -102,7 +102,8 @@ def _print_summary(summary: dict, out: Path) -> None:
                   title_justify="left")
     for column in ("scorer", "model", "mean", "win rate vs base [95% CI]", "mean diff [95% CI]"):
         table.add_column(column, justify="left" if column in ("scorer", "model") else "right")
-    for name, entry in summary["scorers"].items():
+    for name in summary["scorer_order"]:
+        entry = summary["scorers"][name]
         table.add_row(name, "base", f"{entry['mean']['base']:.4f}", "", "")
         for model, c in entry["comparisons"].items():
             table.add_row("", model, f"{entry['mean'][model]:.4f}",

@@ -1,6 +1,6 @@
 """The per-image table (``images.parquet``) and ``summary.json`` of a finished evaluation.
 
-summary.json, per scorer: the mean score of each model, and per tuned model the paired comparison
+summary.json (keys sorted; ``scorer_order`` keeps the order of --scorers), per scorer: the mean score of each model, and per tuned model the paired comparison
 with the base (``curate.evaluation.stats.paired_comparison``), overall and per category.
 """
 from __future__ import annotations
@@ -62,7 +62,7 @@ def summarise(table: pa.Table, config: EvalConfig, keys: dict[str, str]) -> dict
         scorers[scorer] = entry
     return {"suite": config.suite, "model": config.model, "tuned": [t.label for t in config.tuned],
             "prompts": len(config.prompts), "images_per_prompt": config.images_per_prompt, "images_per_model": n,
-            "seed": config.seed, "scorers": scorers}
+            "seed": config.seed, "scorer_order": list(config.scorers), "scorers": scorers}
 
 
 def write_summary(out: Path, config: EvalConfig, keys: dict[str, str]) -> dict:
