@@ -157,7 +157,7 @@ def test_training_health_names_what_it_finds_and_what_is_missing(tmp_path):
     records = health.read_metrics(tmp_path / "new")
     assert len(records) == 40 and health.missing_keys(records) == []
     found = health.findings(records)
-    assert found[0].startswith("The loss spikes at step 30 ")
+    assert found[0].startswith("The loss spikes at step 30 ") and found[1].startswith("The gradient norm spikes at step 25 ")
     assert any("rises on the winners and on the losers together" in f for f in found)
     cli("report", str(build_curated()), "--run", str(tmp_path / "new"), "-o", str(tmp_path / "both.html"))
     both = (tmp_path / "both.html").read_text()

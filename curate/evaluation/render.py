@@ -61,7 +61,7 @@ def pipeline(components, tuned: TunedModel | None, config: EvalConfig, device: s
     unet = load_components(tuned.path).unet if tuned is not None and tuned.kind == "full" else None
     pipe = components.pipeline(unet=unet)
     pipe.scheduler = getattr(diffusers, SCHEDULERS[Sampler(config.sampler)]).from_config(pipe.scheduler.config)
-    pipe = pipe.to(device, torch_dtype(precision))
+    pipe = pipe.to(device) if precision == "fp32" else pipe.to(device, torch_dtype(precision))
     pipe.set_progress_bar_config(disable=True)
     if tuned is not None and tuned.kind == "lora":
         try:

@@ -84,14 +84,18 @@ def rising(values) -> bool:
 
 
 def findings(records: list[dict]) -> list[str]:
-    """Sentences about the run: spikes, a stall (at ln 2 named as such), winner and loser errors rising together."""
+    """Sentences about the run: loss and grad-norm spikes, a stall (at ln 2 named as such), winner and loser
+    errors rising together."""
     out = []
-    steps, loss = column(records, "loss")
-    spikes = spike_indices(loss)
-    if spikes:
-        shown = ", ".join(str(int(steps[i])) for i in spikes[:8]) + (" ..." if len(spikes) > 8 else "")
-        out.append(f"The loss spikes at step{'s' if len(spikes) > 1 else ''} {shown} (more than 6 robust standard "
-                   f"deviations above the 20 steps before): look at the learning rate and grad norm there.")
+    for key, name, hint in (("loss", "The loss", "look at the learning rate and grad norm there"),
+                            ("grad_norm", "The gradient norm", "gradient clipping or a lower learning rate tames it")):
+        steps, values = column(records, key)
+        spikes = spike_indices(values)
+        if spikes:
+            shown = ", ".join(str(int(steps[i])) for i in spikes[:8]) + (" ..." if len(spikes) > 8 else "")
+            out.append(f"{name} spikes at step{'s' if len(spikes) > 1 else ''} {shown} (more than 6 robust standard "
+                       f"deviations above the 20 steps before): {hint}.")
+    _, loss = column(records, "loss")
     if stalled(loss):
         first, last = thirds(loss)
         at_ln2 = abs(last - LN2) < 0.01

@@ -10,6 +10,7 @@ from curate.report import health
 from curate.report.html import _figure, _section
 from curate.report.plots import histogram_chart, line_chart
 
+SPIKY = ("loss", "grad_norm")  # the series whose spikes are ringed (health.findings names them)
 CHARTS = (  # (title, y label, {series name: metrics key})
     ("Loss", "loss", {"loss": "loss"}),
     ("Implicit accuracy", "share of pairs with h > 0", {"implicit accuracy": "implicit_acc"}),
@@ -45,7 +46,8 @@ def _line_figure(records: list[dict], title: str, y_label: str, keys: dict[str, 
         return ""
     steps = next(iter(columns.values()))[0]
     series = {name: np.interp(steps, s, v) if len(s) != len(steps) else v for name, (s, v) in columns.items()}
-    marks = tuple(steps[i] for i in health.spike_indices(series["loss"])) if "loss" in series else ()
+    first = next(iter(keys.values()))
+    marks = tuple(steps[i] for i in health.spike_indices(series[next(iter(series))])) if first in SPIKY else ()
     return _figure(line_chart(steps, series, title, "step", y_label, marks=marks), escape(title))
 
 
