@@ -49,6 +49,6 @@ def build_evaluation() -> Path:
     if "evaluation" not in _BUILT:
         out = build_models() / "evaluation"
         result = evaluate_cli(out)
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == 0, (result.output, repr(result.exception))
         _BUILT["evaluation"] = out
     return _BUILT["evaluation"]

@@ -16,7 +16,8 @@ def evaluate(config: EvalConfig, out: str | Path, *, device: str = "auto", preci
              scorer_batch: int = 16, progress: Progress | None = None) -> EvalResult:
     """Render what ``out`` lacks, score it with every scorer, then write ``images.parquet`` and ``summary.json``.
 
-    Every scorer is loaded before the first image is rendered, so missing weights fail at once.
+    Every scorer is loaded, and checks the prompts, before the first image is rendered, so missing
+    weights or prompts a scorer cannot judge fail at once.
     """
     from accelerate import PartialState
 
@@ -30,6 +31,8 @@ def evaluate(config: EvalConfig, out: str | Path, *, device: str = "auto", preci
     state = PartialState(cpu=resolve_device(device) == "cpu")
     device = str(state.device) if state.num_processes > 1 else resolve_device(device)
     scorers = [load_scorer(name, device, precision) for name in config.scorers]
+    for scorer in scorers:
+        scorer.check_prompts(list(config.prompts))
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / CONFIG, config.to_json())

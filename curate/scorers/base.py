@@ -79,6 +79,9 @@ class Scorer(ABC):
     def score_batch(self, images: list, prompts: list[str]) -> np.ndarray:
         """Scores (float32) of PIL ``images`` against their ``prompts``, one batch."""
 
+    def check_prompts(self, prompts: list[str]) -> None:
+        """Raise ScorerError for prompts this scorer cannot judge, before any image is made (most judge any)."""
+
     def score(self, images: list, prompts: list[str], batch_size: int = 16) -> np.ndarray:
         if len(images) != len(prompts):
             raise ValueError(f"{self.name}: {len(images)} images but {len(prompts)} prompts; give one prompt per image")

@@ -13,8 +13,8 @@ class ImageRewardScorer(Scorer):
         self.name, self.model, self.key = name, model, key
 
     def score_batch(self, images: list, prompts: list[str]) -> np.ndarray:
-        # the package scores one prompt against a list of images
-        return np.array([float(self.model.score(p, [im.convert("RGB")])) for im, p in zip(images, prompts)], np.float32)
+        # the package scores one (prompt, image) at a time (a list of images makes it rank them instead)
+        return np.array([float(self.model.score(p, im.convert("RGB"))) for im, p in zip(images, prompts)], np.float32)
 
 
 def load_imagereward(spec: ScorerSpec, device: str, precision: str) -> ImageRewardScorer:

@@ -51,6 +51,13 @@ class WorldScorer(Scorer):
     def __init__(self, name: str, measure: str):
         self.name, self.measure, self.key = name, measure, f"world/{measure}"
 
+    def check_prompts(self, prompts: list[str]) -> None:
+        for prompt in prompts:
+            try:
+                scene_codes(prompt)
+            except ValueError as err:
+                raise ScorerError(f"{self.name}: {err}") from None
+
     def score_batch(self, images: list, prompts: list[str]) -> np.ndarray:
         from curate.scorers.judge import judge_images
 
