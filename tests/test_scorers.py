@@ -171,9 +171,10 @@ def test_world_prompts_read_back_into_their_scenes():
         scene_codes("a photo of a cat")
 
 
-def test_world_scorer_orders_the_worlds_renders_by_true_reward():
+@pytest.mark.parametrize("side", [32, 64])
+def test_world_scorer_orders_the_worlds_renders_by_true_reward(side):
     pool = make_pool(np.random.default_rng([4, 99]), 30, 4)
-    images = [sc.render(pool.scene(i), sc.QualityParams(float(pool.blur[i]), float(pool.noise[i]), 100), 32,
+    images = [sc.render(pool.scene(i), sc.QualityParams(float(pool.blur[i]), float(pool.noise[i]), 100), side,
                         int(pool.seed[i])) for i in range(pool.n_images)]
     prompts = [str(pool.prompts[p]) for p in pool.prompt_of(np.arange(pool.n_images))]
     truth = sc.true_reward(pool.fidelity, sc.quality_values(pool.blur, pool.noise, 100))
@@ -182,6 +183,6 @@ def test_world_scorer_orders_the_worlds_renders_by_true_reward():
     assert spearmanr(got, truth).statistic >= 0.9
     np.testing.assert_array_equal(scorer.score(images[:10], prompts[:10], batch_size=3), got[:10])
     fidelity = load_scorer("world:fidelity").score(images, prompts)
-    assert spearmanr(fidelity, pool.fidelity).statistic >= 0.7  # 0.79 here: at 32 px small shapes get misread
+    assert spearmanr(fidelity, pool.fidelity).statistic >= 0.7  # about 0.8: at 32 px small shapes get misread
     with pytest.raises(ScorerError, match="unknown world measure"):
         load_scorer("world:beauty")
