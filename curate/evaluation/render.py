@@ -38,6 +38,7 @@ def evaluate(config: EvalConfig, out: str | Path, *, device: str = "auto", preci
         write_json_atomic(out / CONFIG, config.to_json())
     result = EvalResult(out)
     todo = {m: pending_batches(out, config, m)[state.process_index::state.num_processes] for m in config.models}
+    state.wait_for_everyone()  # all split the same pending list: no batch is committed before every process read it
     if any(todo.values()):
         from curate.train.models import load_components
 

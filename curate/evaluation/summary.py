@@ -1,7 +1,8 @@
 """The per-image table (``images.parquet``) and ``summary.json`` of a finished evaluation.
 
-summary.json (keys sorted; ``scorer_order`` keeps the order of --scorers), per scorer: the mean score of each model, and per tuned model the paired comparison
-with the base (``curate.evaluation.stats.paired_comparison``), overall and per category.
+summary.json (keys sorted; ``scorer_order`` keeps the order of --scorers), per scorer: the mean
+score of each model, and per tuned model the paired comparison with the base
+(``curate.evaluation.stats.paired_comparison``), overall and per category.
 """
 from __future__ import annotations
 

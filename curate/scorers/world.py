@@ -3,8 +3,9 @@
 The prompt is read back into the scene it describes (the world writes its prompts with
 ``curate.synth.scene.prompts_for_codes``; ``scene_codes`` inverts it), the image is read by
 ``curate.scorers.judge`` at 32 px (Spearman with the true reward over 400 of the world's renders:
-0.93 at 32 px, 0.93 at 64 px box-downsampled (0.89 read at 64 px), 0.95 at 128 px), and the score is one of the judge's numbers: ``reward`` (the world's true
-reward, the default), ``fidelity`` (to the prompt) or ``quality`` (of the rendering).
+0.93 at 32 px, 0.93 at 64 px box-downsampled (0.89 read at 64 px), 0.95 at 128 px), and the score
+is one of the judge's numbers: ``reward`` (the world's true reward, the default), ``fidelity`` (to
+the prompt) or ``quality`` (of the rendering).
 """
 from __future__ import annotations
 
