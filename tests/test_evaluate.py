@@ -116,10 +116,14 @@ def test_evaluate_end_to_end_resumes_and_refuses_another_config(tmp_path, torch_
     assert other.exit_code == 2 and "another guidance_scale" in other.output
 
 
-def test_evaluate_fails_before_any_work_on_missing_weights_or_foreign_prompts(tmp_path):
+def test_evaluate_fails_before_any_work_on_bad_inputs(tmp_path):
     result = evaluate_cli(tmp_path / "ev", "--scorers", "world,hps")
     assert result.exit_code == 2 and "xswu/HPSv2/HPS_v2.1_compressed.pt" in result.output
     (tmp_path / "cats.txt").write_text("a photo of a cat\n")
     cats = evaluate_cli(tmp_path / "ev", "--prompts", str(tmp_path / "cats.txt"))
     assert cats.exit_code == 2 and "'a photo of a cat' is not a prompt of the synthetic world" in cats.output
+    no_model = evaluate_cli(tmp_path / "ev", "--model", str(tmp_path / "nothing"))
+    assert no_model.exit_code == 2 and "cannot load model" in no_model.output
+    not_lora = evaluate_cli(tmp_path / "ev", "--lora", str(tmp_path))
+    assert not_lora.exit_code == 2 and "no LoRA weights" in not_lora.output
     assert not (tmp_path / "ev").exists()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from curate.evaluation import Sampler
 from curate.evaluation.run import (CONFIG, EvalConfig, EvalResult, EvaluationError, Progress, TunedModel, check_folder,
-                                   pending_batches, write_batch)
+                                   check_tuned, pending_batches, write_batch)
 
 SCHEDULERS = {Sampler.ddim: "DDIMScheduler", Sampler.ddpm: "DDPMScheduler", Sampler.euler: "EulerDiscreteScheduler",
               Sampler.dpm: "DPMSolverMultistepScheduler", Sampler.pndm: "PNDMScheduler"}
@@ -16,8 +16,8 @@ def evaluate(config: EvalConfig, out: str | Path, *, device: str = "auto", preci
              scorer_batch: int = 16, progress: Progress | None = None) -> EvalResult:
     """Render what ``out`` lacks, score it with every scorer, then write ``images.parquet`` and ``summary.json``.
 
-    Every scorer is loaded, and checks the prompts, before the first image is rendered, so missing
-    weights or prompts a scorer cannot judge fail at once.
+    Every scorer is loaded, and checks the prompts, and the model is loaded before anything is
+    written, so missing weights, a missing model or prompts a scorer cannot judge fail at once.
     """
     from accelerate import PartialState
 
@@ -28,30 +28,34 @@ def evaluate(config: EvalConfig, out: str | Path, *, device: str = "auto", preci
 
     out = Path(out)
     check_folder(out, config)
+    check_tuned(config.tuned)
     state = PartialState(cpu=resolve_device(device) == "cpu")
     device = str(state.device) if state.num_processes > 1 else resolve_device(device)
     scorers = [load_scorer(name, device, precision) for name in config.scorers]
     for scorer in scorers:
         scorer.check_prompts(list(config.prompts))
-    if state.is_main_process:
+    todo = {m: pending_batches(out, config, m)[state.process_index::state.num_processes] for m in config.models}
+    components = _load_components(config) if any(todo.values()) else None
+    if state.is_main_process:  # the folder is made only once the scorers and the model have loaded
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / CONFIG, config.to_json())
-    result = EvalResult(out)
-    todo = {m: pending_batches(out, config, m)[state.process_index::state.num_processes] for m in config.models}
     state.wait_for_everyone()  # all split the same pending list: no batch is committed before every process read it
-    if any(todo.values()):
-        from curate.train.models import load_components
-
-        components = load_components(config.model, config.revision)
-        for model, tuned in zip(config.models, (None, *config.tuned)):
-            if todo[model]:
-                with pipeline(components, tuned, config, device, precision) as pipe:
-                    result.rendered[model] = render_batches(pipe, config, out, model, todo[model], scorers,
-                                                            scorer_batch, progress)
+    result = EvalResult(out)
+    for model, tuned in zip(config.models, (None, *config.tuned)):
+        if todo[model]:
+            with pipeline(components, tuned, config, device, precision) as pipe:
+                result.rendered[model] = render_batches(pipe, config, out, model, todo[model], scorers,
+                                                        scorer_batch, progress)
     state.wait_for_everyone()
     if state.is_main_process:
         result.summary = write_summary(out, config, {s.name: s.key for s in scorers})
     return result
+
+
+def _load_components(config: EvalConfig):
+    from curate.train.models import load_components
+
+    return load_components(config.model, config.revision)
 
 
 @contextmanager

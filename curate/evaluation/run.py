@@ -80,6 +80,18 @@ def tuned_models(loras: list[str], fulls: list[str]) -> tuple[TunedModel, ...]:
     return tuple(out)
 
 
+def check_tuned(tuned: tuple[TunedModel, ...]) -> None:
+    """Fail before any work on a tuned folder that cannot be what its option says."""
+    for t in tuned:
+        folder = Path(t.path)
+        if t.kind == "lora" and not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+            raise EvaluationError(f"--lora {folder}: no LoRA weights (*.safetensors) in it; pass train's final/ "
+                                  f"of a --finetune lora run")
+        if t.kind == "full" and not (folder / "model_index.json").is_file():
+            raise EvaluationError(f"--tuned {folder}: no model_index.json; pass train's final/ of a --finetune full "
+                                  f"run (a diffusers pipeline folder), or use --lora for a LoRA folder")
+
+
 def make_config(model: str, suite: Suite, scorers: list[str], *, loras=(), fulls=(), **options) -> EvalConfig:
     return EvalConfig(model=model, tuned=tuned_models(list(loras), list(fulls)), scorers=tuple(scorers),
                       suite=suite.name, prompts=suite.prompts, categories=suite.categories, **options)
