@@ -1,6 +1,7 @@
 """The curation report: chart math by hand, sections for any subset of stages, and a real headless Chromium render."""
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -14,9 +15,11 @@ from typer.testing import CliRunner
 
 from curate.cli import app
 from curate.dataset import Dataset
+from curate.report import health
 from curate.report.data import funnel, histogram
 from curate.report.plots import bar_chart, histogram_chart, nice_ticks
 from curated_data import build_curated, build_with_clip
+from evaluation_data import build_evaluation
 
 runner = CliRunner()
 CHROMIUM = Path("/usr/bin/chromium")
@@ -110,3 +113,71 @@ def test_report_renders_in_chromium(tmp_path):
     # the palette's funnel colours are on screen: rejected red, filter amber, flag purple
     for rgb in ((0xD6, 0x45, 0x45), (0xE3, 0x9B, 0x2D), (0x7C, 0x4D, 0xCC)):
         assert (np.abs(pixels.astype(int) - rgb).sum(axis=2) < 12).sum() > 20, rgb
+
+
+# ------------------------------------------------------------------ evaluation and training health
+def test_spikes_stalls_and_rises_by_hand():
+    # history [1, 1, 1, 1]: median 1, MAD 0, so the spread is its floor 5% of 1; 5 - 1 = 4 > 6 * 0.05
+    assert health.spike_indices([1, 1, 1, 1, 5, 1, 1]) == [4]
+    assert health.spike_indices([1, 1.01, 0.99, 1, 1.02, 1]) == []  # 1.02 - 1 = 0.02 < 0.3
+    assert health.spike_indices([1, 1, float("nan"), 1]) == [2]
+    assert health.thirds([3, 3, 0, 0, 1, 1]) == (3.0, 1.0)
+    assert health.stalled([0.693] * 9) and not health.stalled([0.7, 0.69, 0.68, 0.6, 0.5, 0.45])
+    assert health.stalled([0.5, 0.5, 0.6, 0.6, 0.5, 0.504])  # last third 0.502 > 0.5 - 0.01 * 0.5
+    assert health.rising([0, 1, 2, 3, 4, 5]) and not health.rising([5, 4, 3, 2, 1, 0])
+    assert not health.rising([0, 1, 2])  # too short to say
+
+
+def write_metrics(run: Path, steps: int, new_keys: bool) -> None:
+    """A metrics.jsonl as the trainer writes it: today's keys, and optionally the health keys."""
+    rng = np.random.default_rng(0)
+    run.mkdir(parents=True)
+    lines = []
+    for step in range(1, steps + 1):
+        record = {"step": step, "loss": 0.6931 + 0.0001 * rng.standard_normal(), "implicit_acc": 0.5, "model_err": 0.1,
+                  "ref_err": 0.1, "h_mean": 0.0, "h_std": 0.1, "h_min": -0.2, "h_max": 0.2, "u_mean": 0.3,
+                  "u_max": 0.9, "u_p90": 0.8, "w_mean": 0.9, "w_min": 0.5}
+        if new_keys:
+            record.update(lr=1e-4, grad_norm=1.0 + (30.0 if step == 25 else 0.0), err_w_delta=0.001 * step,
+                          err_l_delta=0.003 * step, u_flagged=[0.8, 0.9], u_kept=[0.1, 0.2, 0.3],
+                          w_flagged=[0.4, 0.45], w_kept=[0.95, 1.0, 1.0])
+            record["loss"] += 2.0 if step == 30 else 0.0
+        lines.append(json.dumps(record))
+    lines.insert(3, json.dumps({"event": "checkpoint", "step": 3}))
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_training_health_names_what_it_finds_and_what_is_missing(tmp_path):
+    write_metrics(tmp_path / "old", 40, new_keys=False)
+    cli("report", "--run", str(tmp_path / "old"), "-o", str(tmp_path / "old.html"))
+    page = (tmp_path / "old.html").read_text()
+    assert "The loss stalls" in page and "which is ln 2" in page
+    assert "err_w_delta, err_l_delta, grad_norm, lr, u_flagged, u_kept, w_flagged, w_kept" in page
+    write_metrics(tmp_path / "new", 40, new_keys=True)
+    records = health.read_metrics(tmp_path / "new")
+    assert len(records) == 40 and health.missing_keys(records) == []
+    found = health.findings(records)
+    assert found[0].startswith("The loss spikes at step 30 ") and found[1].startswith("The gradient norm spikes at step 25 ")
+    assert any("rises on the winners and on the losers together" in f for f in found)
+    cli("report", str(build_curated()), "--run", str(tmp_path / "new"), "-o", str(tmp_path / "both.html"))
+    both = (tmp_path / "both.html").read_text()
+    assert "Curation report" in both and "<a href='#training'>Training</a>" in both and "The loss spikes" in both
+
+
+def test_evaluation_and_health_render_in_chromium(tmp_path, torch_one_thread):
+    if not CHROMIUM.is_file():
+        pytest.skip("Chromium is not installed at /usr/bin/chromium (Debian: apt-get install -y chromium)")
+    write_metrics(tmp_path / "run", 40, new_keys=True)
+    page = tmp_path / "eval.html"
+    out = cli("report", "--evaluation", str(build_evaluation()), "--run", str(tmp_path / "run"), "-o", str(page),
+              "--gallery", "2")
+    assert "8 images" in out
+    html = page.read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+    for text in ("Evaluation: what training bought", "Win rate over the base: world", "Win rate over the base: clip:domain",
+                 "Where the models differ most (world)", "Training health", "The loss spikes at step 30"):
+        assert text in html, text
+    assert html.count("<img ") == 8  # 2 pairs per tuned model, 2 tuned models, base beside tuned
+    result = chromium(page, tmp_path, "--virtual-time-budget=5000", "--dump-dom")
+    body = re.search(r"<body[^>]*>", result.stdout).group(0)
+    assert 'data-images="loaded"' in body and 'data-image-count="8"' in body, body

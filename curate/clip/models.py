@@ -184,6 +184,8 @@ class LoadedClip:
 
 def load_clip(source: ClipSource, device: str = "cpu", precision: str = "fp32") -> LoadedClip:
     """Build the model for ``source`` (from ``resolve``) in eval mode on ``device``."""
+    import pickle
+
     import open_clip
     import torch
 
@@ -195,6 +197,9 @@ def load_clip(source: ClipSource, device: str = "cpu", precision: str = "fp32") 
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             source.name, pretrained=source.pretrained, device=device, precision=precision)
+    except pickle.UnpicklingError as e:  # open_clip unpickles with weights_only=True
+        raise ModelError(f"{source.pretrained} holds more than tensors and is refused (weights_only=True); "
+                         f"convert it to safetensors where you trust it") from e
     except (RuntimeError, FileNotFoundError, ValueError) as e:
         raise ModelError(f"cannot load {source.key} ({source.name}, pretrained={source.pretrained}): {e}") from e
     model.eval()

@@ -22,8 +22,12 @@ from curate.report.plots import COLORS, bar_chart, histogram_chart
 FUNNEL_COLORS = {"total": "total", "rejected": "rejected", "filtered": "filtered", "flagged": "flagged", "kept": "good"}
 
 
-def write_report(dataset_dir: str | Path, out: str | Path, gallery: int = 12, thumbnail: int = 192) -> dict:
-    """Write the page; returns its size, how many images it embeds and which sections are missing."""
+def write_report(dataset_dir: str | Path, out: str | Path, gallery: int = 12, thumbnail: int = 192,
+                 extra: tuple[tuple[str, str, str], ...] = ()) -> dict:
+    """Write the page; returns its size, how many images it embeds and which sections are missing.
+
+    ``extra`` sections (anchor, menu title, HTML) follow the curation ones: evaluation, training health.
+    """
     ds = Dataset(dataset_dir)
     ds.require("pairs", f"run `{figures.MISSING['pairs'][1]}` first")  # the one table every section needs
     missing = [stage for table, (stage, _, _) in figures.MISSING.items() if not ds.has(table)]
@@ -35,14 +39,19 @@ def write_report(dataset_dir: str | Path, out: str | Path, gallery: int = 12, th
         _clip_section(ds),
         _source_section(ds),
         _gallery_section(ds, gallery, thumbnail),
-    ]
-    page = _page(ds, funnel, sections)
+    ] + [html for _, _, html in extra]
+    page = _page(ds, funnel, sections, [(anchor, title) for anchor, title, _ in extra])
+    return {**write_page(page, out), "missing": missing}
+
+
+def write_page(page: str, out: str | Path) -> dict:
+    """Write ``page`` under a temporary name, then rename it; its size and how many images it embeds."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".tmp-{out.name}")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out)
-    return {"bytes": out.stat().st_size, "images": page.count("<img "), "missing": missing}
+    return {"bytes": out.stat().st_size, "images": page.count("<img ")}
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -295,7 +304,7 @@ def _thumbnail(blob: bytes | None, size: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------ page
-def _page(ds: Dataset, funnel: figures.Funnel, sections: list[str]) -> str:
+def _page(ds: Dataset, funnel: figures.Funnel, sections: list[str], extra_nav: list[tuple[str, str]]) -> str:
     stages = [s for s in ("ingest", "annotators", "flag", "filter") if figures.manifest(ds, s)]
     stages += ["embed"] if ds.has("clip_scores") else []
     chips = "".join(f"<span class='stage'>{escape(s)}</span>" for s in stages)
@@ -313,7 +322,7 @@ def _page(ds: Dataset, funnel: figures.Funnel, sections: list[str]) -> str:
     ])
     nav = "".join(f"<a href='#{a}'>{t}</a>" for a, t in (("funnel", "Funnel"), ("annotators", "Annotators"),
                                                          ("minority", "Flags"), ("clip", "CLIP"), ("sources", "Sources"),
-                                                         ("gallery", "Gallery")))
+                                                         ("gallery", "Gallery"), *extra_nav))
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><meta name='viewport' "
             f"content='width=device-width, initial-scale=1'><title>Curation report: {escape(ds.root.name)}</title>"
@@ -387,4 +396,5 @@ border-radius:4px;padding:0 6px}
 .pid{margin:6px 2px 0;color:#9ca3af;font-size:11px;font-family:ui-monospace,Menlo,Consolas,monospace;
 overflow:hidden;text-overflow:ellipsis;white-space:nowrap}
 footer{color:#9ca3af;font-size:12px;padding:4px 24px 30px}
+.findings{margin:0 0 12px;padding-left:20px;max-width:920px}.findings li{margin:3px 0}.sides .col{flex:1;min-width:0}
 """

@@ -168,3 +168,75 @@ def histogram_chart(edges, series: dict[str, np.ndarray], title: str, x_label: s
     if len(names) > 1 or names[0] != "all":
         body += _legend([(n, colors.get(n, COLORS["kept"])) for n in names], right, 14)
     return _svg(width, height, body, title)
+
+
+def line_chart(x, series: dict[str, np.ndarray], title: str, x_label: str, y_label: str,
+               marks: tuple[float, ...] = (), colors: dict[str, str] | None = None, width: int = 520,
+               height: int = 240) -> str:
+    """Lines over a shared x (training steps); ``marks`` are x positions flagged with a red ring on the first series."""
+    palette = [COLORS["kept"], COLORS["flagged"], COLORS["filtered"], COLORS["good"], COLORS["rejected"]]
+    colors = colors or {}
+    x = np.asarray(x, dtype=float)
+    ys = {n: np.asarray(v, dtype=float) for n, v in series.items()}
+    finite = np.concatenate([v[np.isfinite(v)] for v in ys.values()] + [np.zeros(0)])
+    left, right, top, bottom = 62, width - 16, 30, 46
+    yticks = nice_ticks(float(finite.min()) if len(finite) else 0.0, float(finite.max()) if len(finite) else 1.0, 4)
+    xticks = [t for t in nice_ticks(float(x.min()), float(x.max()), 5) if x.min() - 1e-9 <= t <= x.max() + 1e-9]
+    sx = (right - left) / ((x.max() - x.min()) or 1.0)
+    sy = (height - top - bottom) / ((yticks[-1] - yticks[0]) or 1.0)
+    px = lambda v: left + (v - x.min()) * sx  # noqa: E731
+    py = lambda v: height - bottom - (v - yticks[0]) * sy  # noqa: E731
+    body = []
+    for t in yticks:
+        body.append(f'<line x1="{left}" y1="{py(t):.1f}" x2="{right}" y2="{py(t):.1f}" stroke="{GRID}"/>')
+        body.append(_text(left - 6, py(t) + 4, format_number(t), "end", 11, MUTED))
+    for t in xticks:
+        body.append(_text(px(t), height - bottom + 17, format_number(t), "middle", 11, MUTED))
+    for k, (name, y) in enumerate(ys.items()):
+        ok = np.isfinite(y)
+        points = " ".join(f"{px(a):.1f},{py(b):.1f}" for a, b in zip(x[ok], y[ok]))
+        color = colors.get(name, palette[k % len(palette)])
+        body.append(f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="1.6"><title>'
+                    f'{escape(name)}</title></polyline>')
+    first = next(iter(ys.values()))
+    for m in marks:
+        i = int(np.argmin(np.abs(x - m)))
+        y = first[i] if np.isfinite(first[i]) else yticks[-1]
+        body.append(f'<circle cx="{px(x[i]):.1f}" cy="{py(y):.1f}" r="5" fill="none" stroke="{COLORS["rejected"]}" '
+                    f'stroke-width="2"><title>step {format_number(x[i])}</title></circle>')
+    body.append(f'<line x1="{left}" y1="{height - bottom}" x2="{right}" y2="{height - bottom}" stroke="{AXIS}"/>')
+    body.append(_text((left + right) / 2, height - 6, x_label, "middle", 12, INK))
+    body.append(_text(14, (top + height - bottom) / 2, y_label, "middle", 12, INK,
+                      extra=f'transform="rotate(-90 14 {(top + height - bottom) / 2:.1f})"'))
+    if len(ys) > 1:
+        body += _legend([(n, colors.get(n, palette[k % len(palette)])) for k, n in enumerate(ys)], right, 14)
+    return _svg(width, height, body, title)
+
+
+def interval_chart(rows: list[tuple[str, float, float, float]], title: str, x_label: str, reference: float | None = None,
+                   lo: float | None = None, hi: float | None = None, width: int = 620, row_height: int = 26,
+                   label_width: int = 220) -> str:
+    """One row per (label, value, low, high): a dot and its interval, with a dashed ``reference`` line."""
+    top, bottom = 12, 40
+    height = top + len(rows) * row_height + bottom
+    values = [v for _, value, a, b in rows for v in (value, a, b)] + ([reference] if reference is not None else [])
+    ticks = nice_ticks(min(values) if lo is None else lo, max(values) if hi is None else hi, 5)
+    left, right = label_width, width - 20
+    sx = (right - left) / ((ticks[-1] - ticks[0]) or 1.0)
+    px = lambda v: left + (v - ticks[0]) * sx  # noqa: E731
+    body = []
+    for t in ticks:
+        body.append(f'<line x1="{px(t):.1f}" y1="{top - 4}" x2="{px(t):.1f}" y2="{height - bottom}" stroke="{GRID}"/>')
+        body.append(_text(px(t), height - bottom + 16, format_number(t), "middle", 11, MUTED))
+    if reference is not None:
+        body.append(f'<line x1="{px(reference):.1f}" y1="{top - 6}" x2="{px(reference):.1f}" y2="{height - bottom}" '
+                    f'stroke="{INK}" stroke-dasharray="4 3"/>')
+    for i, (label, value, a, b) in enumerate(rows):
+        y = top + i * row_height + row_height / 2
+        body.append(_text(left - 10, y + 4, label, "end", 12))
+        body.append(f'<line x1="{px(a):.1f}" y1="{y:.1f}" x2="{px(b):.1f}" y2="{y:.1f}" stroke="{COLORS["kept"]}" '
+                    f'stroke-width="3" stroke-linecap="round"/>')
+        body.append(f'<circle cx="{px(value):.1f}" cy="{y:.1f}" r="5" fill="{COLORS["kept"]}"><title>{escape(label)}: '
+                    f'{value:.3f} [{a:.3f}, {b:.3f}]</title></circle>')
+    body.append(_text((left + right) / 2, height - 4, x_label, "middle", 11, MUTED))
+    return _svg(width, height, body, title)
