@@ -1,6 +1,7 @@
 """Column helpers shared by the readers: typed coercion with per-row failures, label encodings."""
 from __future__ import annotations
 
+import datetime as dt
 import math
 
 import numpy as np
@@ -24,7 +25,7 @@ def coerce(column: pa.Array | pa.ChunkedArray, typ: pa.DataType) -> tuple[pa.Arr
     for i, value in enumerate(column.to_pylist()):
         try:
             values.append(None if value is None else pa.scalar(value).cast(typ).as_py())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError, TypeError):
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError, TypeError, OverflowError):
             values.append(None)
             bad[i] = True
     return pa.array(values, typ), bad
@@ -68,18 +69,60 @@ def label_from_value(value) -> str:
     raise Rejected(Reason.BAD_TYPE, f"label {value!r} has type {type(value).__name__}; expected text or a number")
 
 
+INT32_MAX = 2**31 - 1  # votes are stored as int32
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
 def label_from_votes(votes_a, votes_b) -> tuple[str, int, int]:
     """Vote counts: the side with more votes wins; equal counts are a tie."""
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in (votes_a, votes_b)):
+        raise Rejected(Reason.MISSING_LABEL, f"votes {votes_a!r}/{votes_b!r}: a count is missing")
     try:
+        if isinstance(votes_a, bool) or isinstance(votes_b, bool):
+            raise TypeError
         va, vb = int(votes_a), int(votes_b)
         if va != float(votes_a) or vb != float(votes_b):
             raise ValueError
-    except (TypeError, ValueError):
-        if votes_a is None or votes_b is None:
-            raise Rejected(Reason.MISSING_LABEL, f"votes {votes_a!r}/{votes_b!r}: a count is missing") from None
+    except (TypeError, ValueError, OverflowError):
         raise Rejected(Reason.BAD_TYPE, f"votes {votes_a!r}/{votes_b!r} are not whole numbers") from None
     if va < 0 or vb < 0:
         raise Rejected(Reason.UNPARSEABLE_LABEL, f"votes {va}/{vb}: counts cannot be negative")
+    if max(va, vb) > INT32_MAX:
+        raise Rejected(Reason.OUT_OF_RANGE, f"votes {va}/{vb}: a count above {INT32_MAX:,} is no real vote count")
     if va == vb == 0:
         raise Rejected(Reason.MISSING_LABEL, "votes 0/0: nobody voted")
     return ("a" if va > vb else "b" if vb > va else "tie"), va, vb
+
+
+def timestamp_value(value, name: str = "created_at") -> dt.datetime | None:
+    """A time from an ISO string, epoch seconds or a datetime; Rejected (bad_type, out_of_range) otherwise."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise Rejected(Reason.BAD_TYPE, f"{name} {value!r} is not a time")
+        try:
+            return _EPOCH + dt.timedelta(seconds=value)
+        except OverflowError:
+            raise Rejected(Reason.OUT_OF_RANGE, f"{name} {value!r} as epoch seconds is past the year 9999 "
+                                                f"(milliseconds? divide by 1000)") from None
+    if not isinstance(value, str):
+        raise Rejected(Reason.BAD_TYPE, f"{name} {value!r} is not an ISO time or epoch seconds")
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise Rejected(Reason.BAD_TYPE, f"{name} {value!r} is not an ISO time or epoch seconds") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def identifier(value, name: str) -> str | None:
+    """An annotator or model name: text, or a whole number written as text; other types are bad_type."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise Rejected(Reason.BAD_TYPE, f"{name} {value!r} is a {type(value).__name__}; expected text or a whole number")
