@@ -203,8 +203,10 @@ class TableCheck:
     problems: list[str]
 
 
-def verify_dataset(root: str | os.PathLike) -> tuple[list[TableCheck], list[str]]:
-    """Full check of every table (checksums, rows, schemas, stray files): (per table, dataset-level problems)."""
+def verify_dataset(root: str | os.PathLike, on_table=None) -> tuple[list[TableCheck], list[str]]:
+    """Full check of every table (checksums, rows, schemas, stray files): (per table, dataset-level problems).
+
+    ``on_table(table, count)`` is called before each table is checked (a progress bar)."""
     ds = Dataset(root)
     try:
         listed = committed_files(ds)
@@ -214,6 +216,8 @@ def verify_dataset(root: str | os.PathLike) -> tuple[list[TableCheck], list[str]
                    if (ds.root / "tables").is_dir() else set(listed))
     checks = []
     for table in names:
+        if on_table is not None:
+            on_table(table, len(names))
         problems, files = table_problems(ds, table, {}, full=True)
         rows = sum(listed.get(table, {})[f].rows for f in files if f in listed.get(table, {}))
         checks.append(TableCheck(table, len(files), rows, problems))

@@ -32,6 +32,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("export", "curate.cli.publish:export"),
     ("publish", "curate.cli.publish:publish"),
     ("report", "curate.cli.report:report"),
+    ("verify", "curate.cli.verify:verify"),
 ]
 GROUPS: list[tuple[str, str]] = [
     ("scores", "curate.cli.scores:app"),
