@@ -73,17 +73,25 @@ INT32_MAX = 2**31 - 1  # votes are stored as int32
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
+def _count(value) -> int:
+    """A whole number from an int, a float or text ('3', '3.0'); TypeError/ValueError otherwise."""
+    if isinstance(value, bool):
+        raise TypeError(value)
+    if isinstance(value, int):
+        return value
+    number = float(value)
+    if not number.is_integer():  # also NaN and infinity
+        raise ValueError(value)
+    return int(number)
+
+
 def label_from_votes(votes_a, votes_b) -> tuple[str, int, int]:
     """Vote counts: the side with more votes wins; equal counts are a tie."""
     if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in (votes_a, votes_b)):
         raise Rejected(Reason.MISSING_LABEL, f"votes {votes_a!r}/{votes_b!r}: a count is missing")
     try:
-        if isinstance(votes_a, bool) or isinstance(votes_b, bool):
-            raise TypeError
-        va, vb = int(votes_a), int(votes_b)
-        if va != float(votes_a) or vb != float(votes_b):
-            raise ValueError
-    except (TypeError, ValueError, OverflowError):
+        va, vb = _count(votes_a), _count(votes_b)
+    except (TypeError, ValueError):
         raise Rejected(Reason.BAD_TYPE, f"votes {votes_a!r}/{votes_b!r} are not whole numbers") from None
     if va < 0 or vb < 0:
         raise Rejected(Reason.UNPARSEABLE_LABEL, f"votes {va}/{vb}: counts cannot be negative")

@@ -32,7 +32,7 @@ def check_file(path: Path) -> pq.ParquetFile:
     try:
         parquet = pq.ParquetFile(path)
     except Exception as exc:
-        raise SourceError(f"{path}: not a readable parquet file ({exc}); --format pickapic expects the "
+        raise SourceError(f"{path}: not a readable parquet file ({one_line(exc)}); --format pickapic expects the "
                           f"Pick-a-Pic parquet shards (e.g. data/train-00000-of-00645.parquet)") from None
     names = set(parquet.schema_arrow.names)
     missing = [c for c in REQUIRED if c not in names]
