@@ -141,6 +141,14 @@ def write_shard(path: Path, schema: TableSchema, batches: Iterable[pa.RecordBatc
     return writer.close()
 
 
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
 def remove_temporary_files(root: Path) -> None:
     """Leftovers of killed runs: DATASET/.tmp/ and the hidden ``.tmp-*`` files older versions left in tables/."""
     shutil.rmtree(root / TMP_DIR, ignore_errors=True)
@@ -181,15 +189,20 @@ class Dataset:
         """Hold the dataset's writer lock (curate.lock) while ``stage`` runs; temporary files of
         killed runs are removed when the lock is first taken."""
         from curate.lock import writer_lock
+        from curate.verify import committed_files, trust_committed
 
         with writer_lock(self.root, stage) as fresh:
             if fresh:
                 remove_temporary_files(self.root)
+            committed_files(self)  # an unreadable manifest stops the stage here, with the fix
+            before = _stamp(self.run_dir(stage) / "manifest.json")
             previous, self.writing = self.writing, stage
             try:
                 yield self
             finally:
                 self.writing = previous
+            if _stamp(self.run_dir(stage) / "manifest.json") not in (None, before):  # this run committed
+                trust_committed(self, stage)
 
     def __repr__(self) -> str:
         return f"Dataset({str(self.root)!r})"

@@ -186,6 +186,16 @@ def table_problems(ds: Dataset, table: str, trusted: dict, full: bool = False) -
     return problems, sorted({*listed, *own})
 
 
+def trust_committed(ds: Dataset, stage: str) -> None:
+    """Right after ``stage`` committed: its files' checksums were taken as they were written, so record
+    their size and mtime now and the first read needs no re-hash (hundreds of GB of images)."""
+    cache = _Cache.load(ds.root)
+    for entry in _manifest_entries(ds, ds.run_dir(stage) / "manifest.json"):
+        stat = (ds.table_dir(entry.table) / entry.file).stat()
+        cache.put(f"{entry.table}/{entry.file}", (stat.st_size, stat.st_mtime_ns, entry.sha256))
+    cache.save()
+
+
 def verified_shards(ds: Dataset, table: str, trusted: dict) -> list[Path]:
     """The table's files if they are what was committed; else DatasetError with the first problem and the fix."""
     problems, files = table_problems(ds, table, trusted)
