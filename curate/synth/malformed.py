@@ -73,7 +73,7 @@ FUZZ_FORMATS = ("pickapic", "hpdv2_train", "hpdv2_test", "csv", "tsv", "jsonl", 
 _DEEP = "[" * 5000 + "]" * 5000  # past any JSON parser's nesting limit
 
 
-def _png_header(width: int, height: int) -> bytes:
+def png_header(width: int, height: int) -> bytes:
     """A well-formed PNG that claims ``width`` x ``height`` pixels (a decompression bomb's header)."""
     import struct
     import zlib
@@ -85,7 +85,7 @@ def _png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
 
 
-def _jpeg_header(width: int, height: int) -> bytes:
+def jpeg_header(width: int, height: int) -> bytes:
     import struct
 
     return b"\xff\xd8\xff\xc0" + struct.pack(">HBHHB", 11, 8, height, width, 1) + b"\x01\x11\x00" + b"\0" * 16 + b"\xff\xd9"
@@ -107,8 +107,8 @@ def fuzz_images(folder) -> dict[str, list]:
     images.mkdir(parents=True, exist_ok=True)
     for i, data in enumerate(good):
         (images / f"{i}.img").write_bytes(data)
-    bad_bytes = [GARBAGE, truncate(good[0]), b"", _png_header(100_000, 100_000), _jpeg_header(65_500, 65_500),
-                 _png_header(65_500, 65_500), good[1][:3], b"\x89PNG\r\n\x1a\n" + b"\0" * 40]
+    bad_bytes = [GARBAGE, truncate(good[0]), b"", png_header(100_000, 100_000), jpeg_header(65_500, 65_500),
+                 png_header(65_500, 65_500), good[1][:3], b"\x89PNG\r\n\x1a\n" + b"\0" * 40]
     bad_refs = ["images/404.img", OUTSIDE_ROOT, "/etc/hostname", "images/0\x00.img", "file:///etc/passwd",
                 "ftp://example.invalid/a.png", "HTTP://example.invalid/a.png", "https://example.invalid/b.png", "",
                 "  ", "images", "images/../images/0.img/..", "\\\\server\\share\\a.png"]
@@ -246,9 +246,10 @@ def _write_pickapic_fuzz(path, rows: int, rng, imgs):
 
 
 def corrupt_bytes(data: bytes, rng: np.random.Generator) -> bytes:
-    """Byte-level damage to a whole file: flipped bytes, a cut, an inserted or zeroed block, a Latin-1 byte."""
+    """Byte-level damage to a whole file: flipped bytes, a cut, an inserted or zeroed block, a Latin-1
+    byte, inserted separators and quotes (text stays UTF-8), a deleted range."""
     data = bytearray(data)
-    kind = rng.integers(5)
+    kind = rng.integers(7)
     if not data:
         return bytes(data)
     at = int(rng.integers(len(data)))
@@ -261,8 +262,12 @@ def corrupt_bytes(data: bytes, rng: np.random.Generator) -> bytes:
         data[at:at] = rng.bytes(int(rng.integers(1, 64)))
     elif kind == 3:
         data[at:at + 256] = b"\0" * len(data[at:at + 256])
-    else:
+    elif kind == 4:
         data[at:at] = b"\xe9"
+    elif kind == 5:
+        data[at:at] = bytes(rng.choice(list(b'",{}[]:\n\t\\ 0'), size=int(rng.integers(1, 8))).astype(np.uint8))
+    else:
+        del data[at:at + int(rng.integers(1, 200))]
     return bytes(data)
 
 
