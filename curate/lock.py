@@ -59,8 +59,12 @@ def writer_lock(root: str | os.PathLike, stage: str):
         finally:
             _HELD[key][1] -= 1
         return
-    root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise DatasetError(f"{root}: cannot open its writer lock {LOCK_FILE} ({exc.strerror}); a dataset is "
+                           f"written only where you may write, copy it somewhere writable first") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

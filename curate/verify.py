@@ -218,12 +218,13 @@ def verify_dataset(root: str | os.PathLike, on_table=None) -> tuple[list[TableCh
 
     ``on_table(table, count)`` is called before each table is checked (a progress bar)."""
     ds = Dataset(root)
+    if not (ds.root / "tables").is_dir():
+        return [], [f"{ds.root}: no tables/ folder: not a prefcurate dataset (made by `prefcurate ingest`)"]
     try:
         listed = committed_files(ds)
     except DatasetError as exc:
         return [], [str(exc)]
-    names = sorted(set(listed) | {p.name for p in (ds.root / "tables").iterdir() if p.is_dir()}
-                   if (ds.root / "tables").is_dir() else set(listed))
+    names = sorted(set(listed) | {p.name for p in (ds.root / "tables").iterdir() if p.is_dir()})
     checks = []
     for table in names:
         if on_table is not None:

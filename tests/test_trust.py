@@ -197,3 +197,8 @@ def test_a_commit_records_its_checksums_and_a_skipped_rerun_launders_nothing(ds,
     assert report.already_complete
     with pytest.raises(DatasetError, match="differs from the checksum"):
         Dataset(ds).scan("pairs")
+
+
+def test_verify_refuses_a_folder_that_is_no_dataset(tmp_path):
+    result = runner.invoke(app, ["verify", str(tmp_path)])
+    assert result.exit_code == 1 and "not a prefcurate dataset" in result.output
