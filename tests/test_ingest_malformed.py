@@ -66,8 +66,8 @@ def jsonl(path: Path, lines: list[str]) -> Path:
     ([{**GOOD, "label": None, "votes_a": 3000000000, "votes_b": 1},
       {**GOOD, "label": None, "votes_a": 99999999999999999999, "votes_b": 1}], {1: "out_of_range", 2: "out_of_range"}),
     ([{**GOOD, "created_at": 1e300}, {**GOOD, "created_at": 1.5e12}], {1: "out_of_range", 2: "out_of_range"}),
-    ([{**GOOD, "user_hash": [1, 2]}, {**GOOD, "user_hash": {"a": 1}}, {**GOOD, "user_hash": True}],
-     {1: "bad_type", 2: "bad_type", 3: "bad_type"}),
+    ([{**GOOD, "user_hash": [1, 2]}, {**GOOD, "user_hash": {"a": 1}}, {**GOOD, "user_hash": True},
+      {**GOOD, "user_hash": float("inf")}], {1: "bad_type", 2: "bad_type", 3: "bad_type", 4: "bad_type"}),
     ([{**GOOD, "image_a": "file:///etc/passwd"}, {**GOOD, "image_a": "ftp://x/y.png"},
       {**GOOD, "image_a": "HTTP://example.invalid/y.png"}], {1: "unsupported_url", 2: "unsupported_url", 3: "url_not_allowed"}),
 ])
@@ -167,6 +167,36 @@ def test_every_reason_is_declared_and_documented():
     assert sorted(declared) == sorted(r.value for r in Reason)
     readme = (ROOT / "README.md").read_text()
     assert [r.value for r in Reason if f"`{r.value}`" not in readme] == []
+
+
+def test_value_checks_by_hand():
+    import datetime as dt
+
+    from curate.ingest.columns import identifier, label_from_votes, timestamp_value
+    from curate.ingest.images import MAX_PIXELS, inspect_image
+    from curate.ingest.reasons import Rejected
+    from curate.ingest.textfiles import structure_problem
+
+    assert label_from_votes("3", 2.0) == ("a", 3, 2) and label_from_votes(2**31 - 1, 2**31 - 1)[0] == "tie"
+    for votes, reason in (((2**31, 0), "out_of_range"), (("1e20", 1), "out_of_range"), ((1.5, 1), "bad_type"),
+                          ((True, 1), "bad_type"), ((float("nan"), 1), "missing_label"), ((float("inf"), 1), "bad_type")):
+        with pytest.raises(Rejected) as caught:
+            label_from_votes(*votes)
+        assert caught.value.reason.value == reason, votes
+    assert timestamp_value(86_400.5) == dt.datetime(1970, 1, 2, 0, 0, 0, 500_000, tzinfo=dt.timezone.utc)
+    assert timestamp_value("2023-05-01") == dt.datetime(2023, 5, 1, tzinfo=dt.timezone.utc)
+    for value, reason in ((1e300, "out_of_range"), (float("nan"), "bad_type"), (True, "bad_type"), ([1], "bad_type")):
+        with pytest.raises(Rejected) as caught:
+            timestamp_value(value)
+        assert caught.value.reason.value == reason, value
+    assert (identifier(7, "a"), identifier(float("nan"), "a"), identifier("", "a")) == ("7", None, None)
+    assert structure_problem({"a": [[1]]}, max_depth=3) is None
+    assert structure_problem({"a": [[[1]]]}, max_depth=3) == "nests deeper than 3 levels"
+    assert structure_problem({"prompt": "x\ud800"}) == "'prompt' holds '\\ud800', a lone surrogate (not valid Unicode)"
+    side = int(MAX_PIXELS ** 0.5)  # 9459 x 9459 = 89,472,681: just inside the limit
+    assert inspect_image(mf.png_header(side, side)) == ("png", side, side)
+    with pytest.raises(Rejected, match="9460x9460 pixels"):
+        inspect_image(mf.png_header(side + 1, side + 1))
 
 
 # ------------------------------------------------------------------------------------- properties

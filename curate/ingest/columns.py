@@ -126,11 +126,12 @@ def timestamp_value(value, name: str = "created_at") -> dt.datetime | None:
 
 
 def identifier(value, name: str) -> str | None:
-    """An annotator or model name: text, or a whole number written as text; other types are bad_type."""
-    if value is None or value == "":
+    """An annotator or model name: text, or a number written as text (NaN: none); lists, objects,
+    booleans and infinities are bad_type."""
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
         return None
     if isinstance(value, str):
         return value
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return str(value)
-    raise Rejected(Reason.BAD_TYPE, f"{name} {value!r} is a {type(value).__name__}; expected text or a whole number")
+    raise Rejected(Reason.BAD_TYPE, f"{name} {value!r} is a {type(value).__name__}; expected text or a number")

@@ -70,7 +70,7 @@ def structure_problem(value, max_depth: int = MAX_DEPTH) -> str | None:
     stack = [(value, 1, None)]
     while stack:
         item, depth, name = stack.pop()
-        if depth > max_depth:
+        if depth > max_depth and isinstance(item, (dict, list)):
             return f"nests deeper than {max_depth} levels"
         if isinstance(item, str):
             try:
