@@ -257,3 +257,14 @@ def test_bytes_spliced_into_or_cut_from_a_file_never_crash(tmp_path_factory, fmt
     i = int(at * len(data))
     path.write_bytes(data[:i] if cut else data[:i] + junk + data[i + len(junk):])
     _accounted(mf.ingest_outcome(path, ingest_format, folder / "ds", folder), path)
+
+
+def test_an_input_that_cannot_be_opened_is_one_line(tmp_path):
+    from curate.ingest.pickapic import SourceError
+    from curate.ingest.stage import IngestStage
+    from curate.runner import run_stage
+
+    odd = tmp_path / "pairs.csv"
+    odd.mkdir()  # what open() refuses, as an unreadable file would be for a user without the permission
+    with pytest.raises(SourceError, match=r"pairs.csv: cannot be read \(Is a directory\)"):
+        run_stage(IngestStage(files=[str(odd)], format="table"), tmp_path / "ds")
