@@ -18,8 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 import shutil
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass

@@ -193,6 +193,8 @@ def trust_committed(ds: Dataset, stage: str) -> None:
     for entry in _manifest_entries(ds, ds.run_dir(stage) / "manifest.json"):
         stat = (ds.table_dir(entry.table) / entry.file).stat()
         cache.put(f"{entry.table}/{entry.file}", (stat.st_size, stat.st_mtime_ns, entry.sha256))
+    listed = {f"{table}/{name}" for table, files in committed_files(ds).items() for name in files}
+    cache.entries = {k: v for k, v in cache.entries.items() if k in listed}  # forget files no longer committed
     cache.save()
 
 

@@ -200,7 +200,7 @@ def test_value_checks_by_hand():
 
 
 # ------------------------------------------------------------------------------------- properties
-def _accounted(result: dict, path: Path) -> None:
+def _accounted(result: dict) -> None:
     if "refused" in result:
         assert result["one_line"], result["refused"]
     else:
@@ -215,7 +215,7 @@ def test_malformed_files_of_every_format_are_refused_cleanly_or_fully_accounted(
     path, ingest_format, _ = mf.write_fuzz_file(folder, fmt, 12, rng)
     if damaged:
         path.write_bytes(mf.corrupt_bytes(path.read_bytes(), rng))
-    _accounted(mf.ingest_outcome(path, ingest_format, folder / "ds", folder), path)
+    _accounted(mf.ingest_outcome(path, ingest_format, folder / "ds", folder))
 
 
 _cell = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=6),
@@ -244,7 +244,7 @@ def test_any_cell_of_any_type_in_a_table_is_accepted_or_rejected(tmp_path_factor
         text = {k: pa.array([None if r[k] is None else str(r[k]).encode("utf-8", "replace").decode() for r in rows],
                             pa.string()) for k in rows[0]}
         pq.write_table(pa.table(text), path)
-    _accounted(mf.ingest_outcome(path, "table", folder / "ds", folder), path)
+    _accounted(mf.ingest_outcome(path, "table", folder / "ds", folder))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -256,7 +256,7 @@ def test_bytes_spliced_into_or_cut_from_a_file_never_crash(tmp_path_factory, fmt
     data = path.read_bytes()
     i = int(at * len(data))
     path.write_bytes(data[:i] if cut else data[:i] + junk + data[i + len(junk):])
-    _accounted(mf.ingest_outcome(path, ingest_format, folder / "ds", folder), path)
+    _accounted(mf.ingest_outcome(path, ingest_format, folder / "ds", folder))
 
 
 def test_an_input_that_cannot_be_opened_is_one_line(tmp_path):
