@@ -57,9 +57,15 @@ def _manifest_entries(ds: Dataset, manifest: Path) -> list[Listed]:
         schemas = {t: (s["name"], int(s["version"])) for t, s in data.get("schemas", {}).items()}
         entries = [Listed(table, str(s["file"]), int(s["rows"]), str(s["sha256"]), stage, schemas.get(table))
                    for table, entry in data["tables"].items() for s in entry["shards"]]
+        totals = {table: (int(entry["rows"]), sum(int(s["rows"]) for s in entry["shards"]))
+                  for table, entry in data["tables"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DatasetError(f"{manifest}: not a readable manifest ({type(exc).__name__}: {exc}); rerun "
                            f"{rebuild_command(ds, stage)}") from None
+    for table, (total, summed) in totals.items():
+        if total != summed:
+            raise DatasetError(f"{manifest}: table '{table}' has {total} rows but its files add up to {summed} "
+                               f"(edited?); rerun {rebuild_command(ds, stage)}")
     for entry in entries:
         if "/" in entry.file or "\\" in entry.file or entry.file.startswith(".") or not entry.file.endswith(".arrow"):
             raise DatasetError(f"{manifest}: lists {entry.file!r}, not a table file name (edited?); rerun "
