@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,6 +87,14 @@ def structure_problem(value, max_depth: int = MAX_DEPTH) -> str | None:
     return None
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _may_have_problem(text: str) -> bool:
+    """Cheap test on the JSON text: only an escaped surrogate or many brackets can make ``structure_problem`` fire."""
+    return text.count("[") + text.count("{") > MAX_DEPTH or bool(_SURROGATE_ESCAPE.search(text))
+
+
 def parse_json_line(text: str) -> dict:
     """One JSONL line as an object, or a marker row (``__bad_json__``) saying why it is not one."""
     try:
@@ -96,7 +105,7 @@ def parse_json_line(text: str) -> dict:
         return {"__bad_json__": text[:200], "__error__": "nested too deeply to parse"}
     if not isinstance(value, dict):
         return {"__bad_json__": text.rstrip("\n")[:2000], "__error__": "not an object"}
-    problem = structure_problem(value)
+    problem = structure_problem(value) if _may_have_problem(text) else None
     if problem:
         return {"__bad_json__": text.rstrip("\n")[:2000], "__error__": problem}
     return value
@@ -145,7 +154,7 @@ def json_array_items(path: Path) -> list:
     while True:
         try:
             value, end = decoder.raw_decode(text, pos)
-            problem = structure_problem(value)
+            problem = structure_problem(value) if _may_have_problem(text[pos:end]) else None
         except RecursionError:
             end, problem = _value_end(text, pos, path), "nested too deeply to parse"
         except json.JSONDecodeError as exc:
