@@ -10,8 +10,8 @@ def verify(dataset: DatasetArg) -> None:
     """Re-hash every table file and compare it with its stage's manifest: names, rows, SHA-256 and schema.
 
     Also reports files no manifest lists (a killed run, a stray copy). Exit status 1 when anything
-    differs, each problem on one line with the command that rebuilds the table. Reads only: run it
-    on a dataset you were given before you use it.
+    differs, each problem on one line with the command that rebuilds the table. Changes nothing but
+    its record of checked files (.verified.json): run it on a dataset you were given before using it.
     """
     import sys
 
