@@ -42,8 +42,22 @@ class Listed:
     schema: tuple[str, int] | None
 
 
+def _ingest_command(ds: Dataset) -> str | None:
+    """The ingest command from the config the run recorded at its start (fingerprint.json), if readable."""
+    import shlex
+
+    try:
+        config = json.loads((ds.run_dir("ingest") / "fingerprint.json").read_text())["config"]
+        sources = " ".join(shlex.quote(f) for f in config["files"])
+        return f"`prefcurate ingest {sources} --format {config['format']} --out {shlex.quote(str(ds.root))}` (and its options)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def rebuild_command(ds: Dataset, stage: str) -> str:
     """The command that writes ``stage`` again, for error messages."""
+    if stage == "ingest" and (command := _ingest_command(ds)):
+        return command
     for prefix, command in _REBUILD:
         if stage == prefix or (prefix.endswith("-") and stage.startswith(prefix)):
             return f"`{command.format(root=ds.root)}`"
