@@ -36,8 +36,10 @@ def generate(root: Path, judgements: int, annotators: int, shard_rows: int = 500
     from curate import ids
     from curate import schema as schemas
     from curate.dataset import write_shard
+    from curate.verify import commit_files
 
     rng = np.random.default_rng(seed)
+    written = []
     prompts = max(judgements // 10, 1)
     quality = rng.normal(size=prompts * 4)
     activity = 1.0 / np.arange(1, annotators + 1) ** 1.1  # Zipf-like long tail
@@ -63,7 +65,8 @@ def generate(root: Path, judgements: int, annotators: int, shard_rows: int = 500
             "model_b": pa.nulls(n, pa.string()), "created_at": pa.nulls(n, pa.timestamp("us", tz="UTC")),
             "source": pa.array(["bench"] * n), "source_row": pa.array(np.arange(start, start + n)),
             "source_item": pa.array(np.zeros(n, np.int32)), "split": pa.array(["train"] * n)})
-        write_shard(root / "tables" / "pairs" / f"ingest-{start // shard_rows:05d}.arrow", pairs_schema, [table])
+        written.append(write_shard(root / "tables" / "pairs" / f"ingest-{start // shard_rows:05d}.arrow", pairs_schema, [table]))
+    commit_files(root, "bench", {"pairs": written})  # hand-written tables are data once a manifest lists them
 
 
 def child(kind: str, root: Path, bradley_terry: bool) -> None:

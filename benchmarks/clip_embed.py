@@ -27,6 +27,7 @@ def build_dataset(root: Path, n_images: int, size: int, prompts: int = 8) -> lis
     from curate.dataset import write_shard
     from curate.synth import scene as sc
     from curate.synth.pool import make_pool
+    from curate.verify import commit_files
 
     pool = make_pool(np.random.default_rng(0), prompts, n_images // prompts)
     blobs = [sc.render_bytes(pool.scene(i), pool.params(i), size, pool.fmt[i], int(pool.seed[i])) for i in range(pool.n_images)]
@@ -39,10 +40,11 @@ def build_dataset(root: Path, n_images: int, size: int, prompts: int = 8) -> lis
              "image_a_id": image_ids[0::2][:n], "image_b_id": image_ids[1::2][:n], "label": ["a"] * n,
              **{c: [None] * n for c in ("annotator_id", "votes_a", "votes_b", "model_a", "model_b", "created_at")},
              "source": [source] * n, "source_row": list(range(n)), "source_item": [0] * n, "split": ["train"] * n}
-    write_shard(root / "tables/pairs/bench-00000.arrow", schema.load("pairs"), [schema.load("pairs").table(pairs)])
+    written = {"pairs": [write_shard(root / "tables/pairs/bench-00000.arrow", schema.load("pairs"), [schema.load("pairs").table(pairs)])]}
     images = {"image_id": image_ids, "bytes": blobs, "format": list(pool.fmt), "width": [size] * len(blobs),
               "height": [size] * len(blobs)}
-    write_shard(root / "tables/images/bench-00000.arrow", schema.load("images"), [schema.load("images").table(images)])
+    written["images"] = [write_shard(root / "tables/images/bench-00000.arrow", schema.load("images"), [schema.load("images").table(images)])]
+    commit_files(root, "bench", written)  # hand-written tables are data once a manifest lists them
     return blobs
 
 

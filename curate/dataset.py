@@ -1,19 +1,27 @@
-"""A dataset directory: tables stored as Arrow IPC shard files, written atomically.
+"""A dataset directory: tables stored as Arrow IPC shard files, written atomically, read verified.
 
     DATASET_DIR/
       tables/<table>/<shard>.arrow     one file per shard, declared schema (see schemas/)
       runs/<stage>/                     fingerprint, per-shard completion records, manifest
+      .tmp/                             files being written (renamed into tables/ when complete)
+      .lock                             who is writing (curate.lock)
+      .verified.json                    size and mtime of each file whose checksum was last checked
 
-A shard file is written to a hidden temporary name in the same folder and renamed into place,
-so a reader never sees a half-written shard.
+A shard file is written under .tmp/ (same filesystem) and renamed into place, so a reader never
+sees a half-written shard. A table's data is the files listed by the manifests of the stages that
+committed them (see curate.verify): every read checks that each listed file is present with its
+recorded checksum (hashed once, then trusted while its size and mtime stay the same), and refuses
+a table with files no manifest lists.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +30,7 @@ import pyarrow.ipc as ipc
 
 from curate.schema import TableSchema
 
+TMP_DIR = ".tmp"
 # Image bytes are already compressed (PNG/JPEG); latents barely compress (8%) and decompressing them
 # makes every training batch about 5x slower to read.
 _UNCOMPRESSED = {"images", "latents", "text_embeddings"}
@@ -68,16 +77,25 @@ class _HashingSink:
         return self._hash.hexdigest()
 
 
+def temporary_path(path: Path) -> Path:
+    """Where ``path`` is written before its rename: DATASET/.tmp/ for a table file, else a hidden name beside it."""
+    if path.parent.parent.name == "tables":
+        folder = path.parent.parent.parent / TMP_DIR
+        folder.mkdir(exist_ok=True)
+        return folder / f"{uuid.uuid4().hex}-{path.parent.name}-{path.name}"
+    return path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
+
+
 class ShardWriter:
     """Streams validated batches of one declared table into ``path``; ``close()`` renames it into place.
 
-    Until ``close()`` the data sits under a hidden temporary name; ``abort()`` removes it.
+    Until ``close()`` the data sits under a temporary name (``temporary_path``); ``abort()`` removes it.
     """
 
     def __init__(self, path: Path, schema: TableSchema, **dims: int):
         self.path, self.schema = Path(path), schema
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".tmp-{uuid.uuid4().hex}-{self.path.name}")
+        self._tmp = temporary_path(self.path)
         self._arrow_schema = schema.arrow(**dims)
         options = ipc.IpcWriteOptions(compression=None if schema.name in _UNCOMPRESSED else "zstd")
         self._sink = _HashingSink(self._tmp)
@@ -123,6 +141,21 @@ def write_shard(path: Path, schema: TableSchema, batches: Iterable[pa.RecordBatc
     return writer.close()
 
 
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def remove_temporary_files(root: Path) -> None:
+    """Leftovers of killed runs: DATASET/.tmp/ and the hidden ``.tmp-*`` files older versions left in tables/."""
+    shutil.rmtree(root / TMP_DIR, ignore_errors=True)
+    for leftover in root.glob("tables/*/.tmp-*"):
+        leftover.unlink(missing_ok=True)
+
+
 def write_json_atomic(path: Path, obj) -> None:
     """Write JSON to ``path`` via a temporary file and a rename; keys sorted so bytes are reproducible."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,10 +173,36 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
 
 
 class Dataset:
-    """A dataset directory. Reading streams shard by shard, batch by batch: memory follows the shard."""
+    """A dataset directory. Reading streams shard by shard, batch by batch: memory follows the shard.
+
+    ``writing`` names the stage this process is running (set under ``writer()``): that stage may read
+    the files of its own run before the run commits; no one else may.
+    """
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self.writing: str | None = None
+        self._trusted: dict[Path, tuple] = {}
+
+    @contextmanager
+    def writer(self, stage: str):
+        """Hold the dataset's writer lock (curate.lock) while ``stage`` runs; temporary files of
+        killed runs are removed when the lock is first taken."""
+        from curate.lock import writer_lock
+        from curate.verify import committed_files, trust_committed
+
+        with writer_lock(self.root, stage) as fresh:
+            if fresh:
+                remove_temporary_files(self.root)
+            committed_files(self)  # an unreadable manifest stops the stage here, with the fix
+            before = _stamp(self.run_dir(stage) / "manifest.json")
+            previous, self.writing = self.writing, stage
+            try:
+                yield self
+            finally:
+                self.writing = previous
+            if _stamp(self.run_dir(stage) / "manifest.json") not in (None, before):  # this run committed
+                trust_committed(self, stage)
 
     def __repr__(self) -> str:
         return f"Dataset({str(self.root)!r})"
@@ -155,15 +214,20 @@ class Dataset:
         return self.root / "runs" / stage
 
     def has(self, table: str) -> bool:
-        return bool(self.shards(table))
+        """Whether the table exists at all, committed or not (reading an uncommitted one is an error)."""
+        from curate.verify import committed_files, present_files
+
+        return bool(present_files(self, table) or committed_files(self).get(table))
 
     def tables(self) -> list[str]:
         base = self.root / "tables"
-        return sorted(p.name for p in base.iterdir() if p.is_dir() and self.shards(p.name)) if base.is_dir() else []
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and self.has(p.name)) if base.is_dir() else []
 
     def shards(self, table: str) -> list[Path]:
-        folder = self.table_dir(table)
-        return sorted(p for p in folder.glob("*.arrow") if not p.name.startswith(".")) if folder.is_dir() else []
+        """The table's files, checked against the manifests that committed them (DatasetError if they differ)."""
+        from curate.verify import verified_shards
+
+        return verified_shards(self, table, self._trusted)
 
     def require(self, table: str, hint: str) -> list[Path]:
         shards = self.shards(table)

@@ -347,6 +347,11 @@ def run_stage(stage: Stage, dataset: Dataset | str | Path, executor: Executor | 
     Without either, earlier outputs of this stage are removed and everything is recomputed.
     """
     dataset = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
+    with dataset.writer(stage.name):  # one writer at a time (curate.lock); the stage may read its own run
+        return _run_locked(stage, dataset, executor, resume, skip_complete)
+
+
+def _run_locked(stage: Stage, dataset: Dataset, executor: Executor | None, resume: bool, skip_complete: bool):
     executor = executor or LocalExecutor()
     started = time.perf_counter()
     fingerprint = stage_fingerprint(stage, dataset)

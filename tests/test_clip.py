@@ -16,6 +16,7 @@ from curate.clip.models import ModelError, resolve
 from curate.clip.pipeline import embed_dataset
 from curate.clip.scores import row_cosines, winner_margin
 from curate.dataset import Dataset, write_shard
+from curate.verify import commit_files
 from curate.runner import run_stage
 from curate.synth import scene as sc
 from curate.synth.pool import make_pool
@@ -57,9 +58,10 @@ def write_world(root, seed: int = 0, n_prompts: int = 4, per_prompt: int = 3, co
              "label": [("a", "b", "tie")[k % 3] for k in range(n)], "annotator_id": [None] * n, "votes_a": [None] * n,
              "votes_b": [None] * n, "model_a": [None] * n, "model_b": [None] * n, "created_at": [None] * n,
              "source": [source] * n, "source_row": list(range(n)), "source_item": [0] * n, "split": ["train"] * n}
-    write_shard(root / "tables" / "pairs" / f"ingest-{shard}.arrow", schema.load("pairs"), [schema.load("pairs").table(pairs)])
+    written = {"pairs": [write_shard(root / "tables" / "pairs" / f"ingest-{shard}.arrow", schema.load("pairs"), [schema.load("pairs").table(pairs)])]}
     images = {"image_id": image_ids, "bytes": blobs, "format": list(pool.fmt), "width": [48] * len(blobs), "height": [48] * len(blobs)}
-    write_shard(root / "tables" / "images" / f"ingest-{shard}.arrow", schema.load("images"), [schema.load("images").table(images)])
+    written["images"] = [write_shard(root / "tables" / "images" / f"ingest-{shard}.arrow", schema.load("images"), [schema.load("images").table(images)])]
+    commit_files(root, f"world-{shard}", written)  # hand-written tables are data once a manifest lists them
     return pool, image_ids, pairs
 
 

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from curate import schema as schemas
 from curate.cli import app
 from curate.dataset import Dataset, read_shard, write_shard
+from curate.verify import commit_files
 from curate.synth.world import WorldConfig, build_world
 from curate.train.dataset_source import DataSelectionError, DatasetPairSource, Selection
 from curate.train.encode import committed_files, encode_dataset, encoder_key, load_encoders
@@ -112,9 +113,10 @@ def test_train_cli_from_the_dataset_drops_by_reason_and_reads_u(world, tmp_path)
     cli("flag", ds)
     pairs = tables(ds, "pairs")
     removed = pairs.filter(pl.col("label") != "tie")["pair_id"].to_list()[:3]
-    write_shard(Dataset(ds).table_dir("filters") / "test-00000.arrow", schemas.load("filters"), [schemas.load("filters").table({
+    filters = write_shard(Dataset(ds).table_dir("filters") / "test-00000.arrow", schemas.load("filters"), [schemas.load("filters").table({
         "pair_id": pairs["pair_id"].to_arrow(), "keep": [p not in removed for p in pairs["pair_id"]],
         "reasons": [["near_identical_images"] if p in removed else [] for p in pairs["pair_id"]]})])
+    commit_files(ds, "test", {"filters": [filters]})  # hand-written: data once a manifest lists it
     run = tmp_path / "run"
     args = ["train", ds, "--model", model, "--output-dir", str(run), "--method", "adaptive-offline", "--max-steps", "3",
             "--batch-size", "4", "--lr", "1e-3", "--lora-rank", "4", "--flip", "--checkpoint-every", "0"]

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from curate.cli import app
 from curate.dataset import Dataset
-from curate.publish.export import ExportError, parse_size, plan_row_groups
+from curate.publish.export import MAX_ROW_GROUP_BYTES, ExportError, parse_size, plan_row_groups, row_group_cap
 from curated_data import build_curated, build_with_clip, cli
 
 runner = CliRunner()
@@ -48,7 +48,26 @@ def test_row_groups_are_bounded_by_rows_and_bytes():
     assert plan_row_groups(np.array([], dtype=np.int64), max_rows=10, max_bytes=100) == []
 
 
+def test_row_groups_stay_under_the_viewer_limit_whatever_the_shard_size():
+    assert row_group_cap(150_000) == 37_500  # a quarter of a small shard
+    assert row_group_cap(2 * 10**9) == MAX_ROW_GROUP_BYTES == 128 * 2**20  # 2GB shards: still 128 MiB groups
+    assert MAX_ROW_GROUP_BYTES < 286 * 2**20
+
+
 # ------------------------------------------------------------------------------------------ export
+def test_exported_parquet_has_statistics_and_a_column_index(curated, tmp_path):
+    out = tmp_path / "hf"
+    cli("export", str(curated), str(out), "--pickapic-columns")
+    meta = pq.ParquetFile(next((out / "data").glob("train-*.parquet"))).metadata
+    group = meta.row_group(0)
+    columns = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
+    for name in ("pair_id", "caption", "label_0", "created_at"):
+        stats = columns[name].statistics
+        assert stats is not None and stats.has_min_max and stats.min <= stats.max, name
+        assert columns[name].has_column_index, name
+    assert columns["jpg_0"].statistics is None or not columns["jpg_0"].statistics.has_min_max  # no image copies
+
+
 def test_export_loads_back_with_datasets(curated, tmp_path):
     from datasets import load_dataset
     from PIL import Image

@@ -33,6 +33,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("publish", "curate.cli.publish:publish"),
     ("report", "curate.cli.report:report"),
     ("evaluate", "curate.cli.evaluate:evaluate"),
+    ("verify", "curate.cli.verify:verify"),
 ]
 GROUPS: list[tuple[str, str]] = [
     ("scores", "curate.cli.scores:app"),

@@ -1,6 +1,7 @@
 """Column helpers shared by the readers: typed coercion with per-row failures, label encodings."""
 from __future__ import annotations
 
+import datetime as dt
 import math
 
 import numpy as np
@@ -24,7 +25,7 @@ def coerce(column: pa.Array | pa.ChunkedArray, typ: pa.DataType) -> tuple[pa.Arr
     for i, value in enumerate(column.to_pylist()):
         try:
             values.append(None if value is None else pa.scalar(value).cast(typ).as_py())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError, TypeError):
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError, TypeError, OverflowError):
             values.append(None)
             bad[i] = True
     return pa.array(values, typ), bad
@@ -68,18 +69,69 @@ def label_from_value(value) -> str:
     raise Rejected(Reason.BAD_TYPE, f"label {value!r} has type {type(value).__name__}; expected text or a number")
 
 
+INT32_MAX = 2**31 - 1  # votes are stored as int32
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _count(value) -> int:
+    """A whole number from an int, a float or text ('3', '3.0'); TypeError/ValueError otherwise."""
+    if isinstance(value, bool):
+        raise TypeError(value)
+    if isinstance(value, int):
+        return value
+    number = float(value)
+    if not number.is_integer():  # also NaN and infinity
+        raise ValueError(value)
+    return int(number)
+
+
 def label_from_votes(votes_a, votes_b) -> tuple[str, int, int]:
     """Vote counts: the side with more votes wins; equal counts are a tie."""
+    if any(v is None or (isinstance(v, float) and math.isnan(v)) for v in (votes_a, votes_b)):
+        raise Rejected(Reason.MISSING_LABEL, f"votes {votes_a!r}/{votes_b!r}: a count is missing")
     try:
-        va, vb = int(votes_a), int(votes_b)
-        if va != float(votes_a) or vb != float(votes_b):
-            raise ValueError
+        va, vb = _count(votes_a), _count(votes_b)
     except (TypeError, ValueError):
-        if votes_a is None or votes_b is None:
-            raise Rejected(Reason.MISSING_LABEL, f"votes {votes_a!r}/{votes_b!r}: a count is missing") from None
         raise Rejected(Reason.BAD_TYPE, f"votes {votes_a!r}/{votes_b!r} are not whole numbers") from None
     if va < 0 or vb < 0:
         raise Rejected(Reason.UNPARSEABLE_LABEL, f"votes {va}/{vb}: counts cannot be negative")
+    if max(va, vb) > INT32_MAX:
+        raise Rejected(Reason.OUT_OF_RANGE, f"votes {va}/{vb}: a count above {INT32_MAX:,} is no real vote count")
     if va == vb == 0:
         raise Rejected(Reason.MISSING_LABEL, "votes 0/0: nobody voted")
     return ("a" if va > vb else "b" if vb > va else "tie"), va, vb
+
+
+def timestamp_value(value, name: str = "created_at") -> dt.datetime | None:
+    """A time from an ISO string, epoch seconds or a datetime; Rejected (bad_type, out_of_range) otherwise."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise Rejected(Reason.BAD_TYPE, f"{name} {value!r} is not a time")
+        try:
+            return _EPOCH + dt.timedelta(seconds=value)
+        except OverflowError:
+            raise Rejected(Reason.OUT_OF_RANGE, f"{name} {value!r} as epoch seconds is past the year 9999 "
+                                                f"(milliseconds? divide by 1000)") from None
+    if not isinstance(value, str):
+        raise Rejected(Reason.BAD_TYPE, f"{name} {value!r} is not an ISO time or epoch seconds")
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise Rejected(Reason.BAD_TYPE, f"{name} {value!r} is not an ISO time or epoch seconds") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+def identifier(value, name: str) -> str | None:
+    """An annotator or model name: text, or a number written as text (NaN: none); lists, objects,
+    booleans and infinities are bad_type."""
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return str(value)
+    raise Rejected(Reason.BAD_TYPE, f"{name} {value!r} is a {type(value).__name__}; expected text or a number")

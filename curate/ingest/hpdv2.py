@@ -9,27 +9,26 @@ Expansion order (it numbers ``source_item``, which the ground truth of the synth
 """
 from __future__ import annotations
 
-import json
+import math
 from itertools import combinations
 from pathlib import Path
 
 import pyarrow as pa
 
 from curate.ingest.candidates import CANDIDATE_SCHEMA
+from curate.ingest.columns import identifier
 from curate.ingest.images import load_image_ref
 from curate.ingest.pickapic import SourceError
 from curate.ingest.reasons import Reason, Rejected
+from curate.ingest.textfiles import json_array_items
 
 
 def load_records(path: Path) -> list:
     try:
-        records = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SourceError(f"{path}: not readable as HPDv2 JSON ({exc}); --format hpdv2 expects train.json "
-                          f"or test.json of the HPDv2 release") from None
-    if not isinstance(records, list):
-        raise SourceError(f"{path}: HPDv2 JSON must be a list of records, found {type(records).__name__}")
-    return records
+        return json_array_items(path)
+    except OSError as exc:
+        raise SourceError(f"{path}: cannot be read ({exc.strerror}); --format hpdv2 expects train.json or test.json "
+                          f"of the HPDv2 release") from None
 
 
 def plan(path: Path, shard_rows: int, image_root: Path) -> list[dict]:
@@ -47,8 +46,13 @@ def _rankings(record: dict) -> tuple[list, list[tuple[list, str | None]]]:
         return paths, [(prefs, None)]
     paths = record.get("image_path")
     annotations = record.get("raw_annotations") or []
+    if not isinstance(annotations, list):
+        raise Rejected(Reason.BAD_TYPE, f"raw_annotations {annotations!r} must be a list of {{rank, user_hash}} objects")
+    for k, a in enumerate(annotations):
+        if not isinstance(a, dict):
+            raise Rejected(Reason.BAD_TYPE, f"raw annotation {k} is {a!r}, expected an object with rank and user_hash")
     if annotations:
-        return paths, [(a.get("rank"), a.get("user_hash")) for a in annotations]
+        return paths, [(a.get("rank"), identifier(a.get("user_hash"), "user_hash")) for a in annotations]
     if record.get("rank") is None:
         raise Rejected(Reason.MISSING_LABEL, "record has neither raw_annotations nor rank")
     return paths, [(record["rank"], None)]
@@ -57,6 +61,8 @@ def _rankings(record: dict) -> tuple[list, list[tuple[list, str | None]]]:
 def _check_record(record) -> tuple[str, list, list]:
     if not isinstance(record, dict):
         raise Rejected(Reason.BAD_TYPE, f"record is {type(record).__name__}, expected an object")
+    if "__bad_json__" in record:
+        raise Rejected(Reason.BAD_TYPE, f"record is not usable JSON: {record['__error__']}")
     paths, rankings = _rankings(record)
     if not isinstance(paths, list) or len(paths) < 2 or not all(isinstance(p, str) for p in paths):
         raise Rejected(Reason.BAD_TYPE, f"image paths {paths!r} must be a list of at least two strings")
@@ -64,6 +70,8 @@ def _check_record(record) -> tuple[str, list, list]:
         if not isinstance(ranking, list) or len(ranking) != len(paths) or not all(
                 isinstance(r, (int, float)) and not isinstance(r, bool) for r in ranking):
             raise Rejected(Reason.BAD_TYPE, f"ranking {ranking!r} must hold one number per image ({len(paths)})")
+        if not all(math.isfinite(r) for r in ranking):
+            raise Rejected(Reason.MISSING_LABEL, f"ranking {ranking!r} holds NaN or infinity: no judgement there")
     if "file_path" in record:  # higher preference wins there; lower rank everywhere else
         rankings = [([-p for p in prefs], who) for prefs, who in rankings]
     prompt = record.get("prompt")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 
 from curate.ingest.reasons import Reason, Rejected
@@ -96,6 +97,10 @@ _SIZE = {
 }
 
 
+# Pillow's own decompression-bomb limit: anything larger would stop `report --gallery` and training later.
+MAX_PIXELS = 89_478_485
+
+
 def inspect_image(data: bytes, full_decode: bool = False) -> tuple[str, int, int]:
     """(format, width, height) of encoded bytes, or Rejected(undecodable/truncated).
 
@@ -116,6 +121,9 @@ def inspect_image(data: bytes, full_decode: bool = False) -> tuple[str, int, int
         raise Rejected(code, f"{fmt} header is invalid: {exc}") from None
     if width <= 0 or height <= 0:
         raise Rejected(Reason.UNDECODABLE_IMAGE, f"{fmt} header gives a size of {width}x{height}")
+    if width * height > MAX_PIXELS:
+        raise Rejected(Reason.IMAGE_TOO_LARGE, f"{fmt} header claims {width}x{height} pixels, more than the "
+                                               f"{MAX_PIXELS:,} an image may have (a decompression bomb?)")
     if _looks_truncated(data, fmt):
         raise Rejected(Reason.TRUNCATED_IMAGE, f"{fmt} image of {len(data)} bytes ends before its end marker")
     if full_decode:
@@ -136,6 +144,8 @@ def _decode(data: bytes, fmt: str) -> None:
 
 def resolve_in_root(path: str, root: Path) -> Path:
     """``path`` (relative to ``root``) as a real file inside ``root``; Rejected otherwise."""
+    if "\x00" in path:
+        raise Rejected(Reason.BAD_TYPE, f"image path {path!r} holds a NUL byte: no file has such a name")
     root_real = os.path.realpath(root)
     candidate = os.path.realpath(os.path.join(root_real, path))
     if os.path.isabs(path) or os.path.commonpath([root_real, candidate]) != root_real:
@@ -146,17 +156,33 @@ def resolve_in_root(path: str, root: Path) -> Path:
     return Path(candidate)
 
 
+def _read_file(path: Path, ref: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise Rejected(Reason.MISSING_FILE, f"image file {ref!r} cannot be read ({exc.strerror})") from None
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
 def load_image_ref(ref, root: Path | None, allow_network: bool, timeout: float = 20.0) -> bytes:
     """Bytes of an image given as bytes, an HF Image struct {bytes, path}, a path under ``root`` or a URL."""
     if isinstance(ref, dict):
         if ref.get("bytes"):
-            return ref["bytes"]
-        ref = ref.get("path")
+            ref = ref["bytes"] if isinstance(ref["bytes"], (bytes, bytearray, memoryview)) else {"bytes": ref["bytes"]}
+        else:
+            ref = ref.get("path")
     if isinstance(ref, (bytes, bytearray, memoryview)):
         return bytes(ref)
     if not isinstance(ref, str) or not ref.strip():
         raise Rejected(Reason.BAD_TYPE, f"image reference {ref!r} is neither bytes, a path nor a URL")
-    if ref.startswith(("http://", "https://")):
+    match = _SCHEME.match(ref)
+    scheme = match.group(1) if match else None
+    if scheme is not None and scheme.lower() not in ("http", "https"):
+        raise Rejected(Reason.UNSUPPORTED_URL, f"image reference {ref!r} is a {scheme}:// URL; only http(s) URLs are "
+                                               f"fetched (with --allow-network): give a path under --image-root instead")
+    if scheme is not None:
         if not allow_network:
             raise Rejected(Reason.URL_NOT_ALLOWED, f"image is a URL ({ref}); pass --allow-network to download it")
         import urllib.request
@@ -168,4 +194,4 @@ def load_image_ref(ref, root: Path | None, allow_network: bool, timeout: float =
             raise Rejected(Reason.FETCH_FAILED, f"could not download {ref}: {exc}") from None
     if root is None:
         raise Rejected(Reason.MISSING_FILE, f"image path {ref!r} given but no --image-root to resolve it in")
-    return resolve_in_root(ref, root).read_bytes()
+    return _read_file(resolve_in_root(ref, root), ref)

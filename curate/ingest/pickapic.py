@@ -23,11 +23,16 @@ class SourceError(RuntimeError):
     """An input file cannot be read as the format asked for: fatal, names the file and the fix."""
 
 
+def one_line(exc: BaseException) -> str:
+    """A library's error message on one line (Arrow's span several)."""
+    return " ".join(str(exc).split())
+
+
 def check_file(path: Path) -> pq.ParquetFile:
     try:
         parquet = pq.ParquetFile(path)
     except Exception as exc:
-        raise SourceError(f"{path}: not a readable parquet file ({exc}); --format pickapic expects the "
+        raise SourceError(f"{path}: not a readable parquet file ({one_line(exc)}); --format pickapic expects the "
                           f"Pick-a-Pic parquet shards (e.g. data/train-00000-of-00645.parquet)") from None
     names = set(parquet.schema_arrow.names)
     missing = [c for c in REQUIRED if c not in names]
@@ -82,13 +87,18 @@ def candidates(batch: pa.RecordBatch, first_row: int) -> pa.Table:
         _where(bad, reasons, Reason.BAD_TYPE.value, messages, f"{name} has the wrong type")
         return values
 
+    images = [optional(name, pa.binary()) for name in ("jpg_0", "jpg_1")]
+    for name, column in zip(("jpg_0", "jpg_1"), images):
+        if name in cols:
+            _where(column.is_null().to_numpy(zero_copy_only=False), reasons, Reason.MISSING_IMAGE.value, messages,
+                   f"{name} is null: the file carries image bytes, but not for this row")
     created = optional("created_at", pa.timestamp("us"))
     if created.type.tz is None:
         created = pc.assume_timezone(created, "UTC")
     prompt = optional("caption", pa.string())
     return pa.Table.from_arrays([
         pa.array(np.arange(first_row, first_row + n, dtype=np.int64)), pa.array(np.zeros(n, np.int32)),
-        prompt, optional("jpg_0", pa.binary()), optional("jpg_1", pa.binary()),
+        prompt, *images,
         optional("image_0_uid", pa.string()), optional("image_1_uid", pa.string()),
         pa.array(label, pa.string()), optional("user_id", pa.string()), pa.nulls(n, pa.int32()),
         pa.nulls(n, pa.int32()), optional("model_0", pa.string()), optional("model_1", pa.string()),
@@ -117,7 +127,18 @@ def read(spec: dict, batch_rows: int):
     """Yield (candidates, raw_row) per batch of the shard's row groups."""
     parquet = check_file(Path(spec["file"]))
     first = spec["first_row"]
-    for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=spec["row_groups"]):
-        raw = batch
-        yield candidates(batch, first), (lambda i, raw=raw: raw.slice(i, 1).to_pylist()[0])
-        first += batch.num_rows
+    for group in spec["row_groups"]:
+        for batch in _group_batches(parquet, group, batch_rows, spec["file"]):
+            yield candidates(batch, first), (lambda i, raw=batch: raw.slice(i, 1).to_pylist()[0])
+            first += batch.num_rows
+
+
+def _group_batches(parquet: pq.ParquetFile, group: int, batch_rows: int, path: str):
+    """The row group's batches; a group that cannot be decoded is fatal, named with its first byte."""
+    try:
+        yield from parquet.iter_batches(batch_size=batch_rows, row_groups=[group])
+    except (OSError, pa.ArrowException) as exc:
+        start = min(c.data_page_offset for c in map(parquet.metadata.row_group(group).column,
+                                                     range(parquet.metadata.num_columns)))
+        raise SourceError(f"{path}: row group {group} (from byte {start}) cannot be decoded ({one_line(exc)}); "
+                          f"the file is damaged: get it again") from None

@@ -106,17 +106,24 @@ class IngestStage(Stage):
     def plan(self, dataset: Dataset) -> list[dict]:
         specs = []
         for f in map(Path, self.files):
-            if self.format == Format.pickapic:
-                file_specs = pickapic.plan(f, self.shard_rows)
-            elif self.format == Format.hpdv2:
-                file_specs = hpdv2.plan(f, max(1, self.shard_rows // 10), Path(self.image_root or f.parent))
-            else:
-                file_specs = table.plan(f, self.shard_rows, {"mapping": self.mapping, "image_root": self.image_root,
-                                                             "allow_network": self.allow_network})
-            for spec in file_specs:
-                spec.update(source=ids.source_name(self.format, f.name), split=split_of(f, self.split))
-            specs.extend(file_specs)
+            try:
+                specs.extend(self._plan_file(f))
+            except OSError as exc:  # unreadable (permissions, a vanished file): the run stops, naming it
+                raise SourceError(f"{f}: cannot be read ({exc.strerror or exc}); check the file's permissions") from None
         return specs
+
+    def _plan_file(self, f: Path) -> list[dict]:
+        """The shard specs of one input file."""
+        if self.format == Format.pickapic:
+            file_specs = pickapic.plan(f, self.shard_rows)
+        elif self.format == Format.hpdv2:
+            file_specs = hpdv2.plan(f, max(1, self.shard_rows // 10), Path(self.image_root or f.parent))
+        else:
+            file_specs = table.plan(f, self.shard_rows, {"mapping": self.mapping, "image_root": self.image_root,
+                                                         "allow_network": self.allow_network})
+        for spec in file_specs:
+            spec.update(source=ids.source_name(self.format, f.name), split=split_of(f, self.split))
+        return file_specs
 
     def process(self, spec: dict, ctx: ShardContext):
         reader = {Format.pickapic: pickapic.read, Format.hpdv2: hpdv2.read, Format.table: table.read}[Format(self.format)]

@@ -8,17 +8,16 @@ CSV is read as text and every value parsed per row, so a bad value rejects its r
 """
 from __future__ import annotations
 
-import datetime as dt
-import json
 from itertools import islice
 from pathlib import Path
 
 import pyarrow as pa
 
 from curate.ingest.candidates import CANDIDATE_SCHEMA
-from curate.ingest.columns import label_from_pair, label_from_value, label_from_votes
+from curate.ingest import textfiles
+from curate.ingest.columns import identifier, label_from_pair, label_from_value, label_from_votes, timestamp_value
 from curate.ingest.images import load_image_ref
-from curate.ingest.pickapic import SourceError
+from curate.ingest.pickapic import SourceError, one_line
 from curate.ingest.reasons import Reason, Rejected
 
 ALIASES = {
@@ -43,30 +42,30 @@ def kind_of(path: Path) -> str:
     return kind
 
 
+def _delimiter(path: Path) -> str:
+    return "\t" if path.suffix.lower() == ".tsv" else ","
+
+
 def header(path: Path) -> list[str]:
     kind = kind_of(path)
+    if kind == "csv":
+        return next((fields for _, _, fields in textfiles.csv_records(path, _delimiter(path))), [])
+    if kind == "parquet":
+        return _parquet(path).schema_arrow.names
+    names: dict[str, None] = {}
+    for _, _, text in islice(textfiles.lines(path), 1000):
+        if text.strip() and "__bad_json__" not in (row := textfiles.parse_json_line(text)):
+            names.update(dict.fromkeys(row))
+    return list(names)
+
+
+def _parquet(path: Path):
+    import pyarrow.parquet as pq
+
     try:
-        if kind == "csv":
-            import polars as pl
-
-            return pl.read_csv(path, n_rows=0, infer_schema=False, separator="\t" if path.suffix == ".tsv" else ",").columns
-        if kind == "parquet":
-            import pyarrow.parquet as pq
-
-            return pq.ParquetFile(path).schema_arrow.names
-        with open(path, encoding="utf-8") as f:
-            names: dict[str, None] = {}
-            for line in islice(f, 1000):
-                if line.strip():
-                    try:
-                        names.update(dict.fromkeys(json.loads(line)))
-                    except (json.JSONDecodeError, TypeError):
-                        continue
-            return list(names)
-    except SourceError:
-        raise
+        return pq.ParquetFile(path)
     except Exception as exc:
-        raise SourceError(f"{path}: cannot read it as {kind} ({exc})") from None
+        raise SourceError(f"{path}: not a readable parquet file ({one_line(exc)}); check the file, or get it again") from None
 
 
 def resolve_mapping(path: Path, overrides: dict[str, str]) -> dict[str, str]:
@@ -92,63 +91,63 @@ def resolve_mapping(path: Path, overrides: dict[str, str]) -> dict[str, str]:
     return mapping
 
 
-def count_rows(path: Path) -> int:
-    kind = kind_of(path)
-    if kind == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
+def _record_starts(path: Path, every: int) -> tuple[int, list[tuple[int, int]]]:
+    """(records, [(byte offset, line) of record 0, every, 2*every, ...]); reads the whole file once, so a
+    file that is not UTF-8 fails here, before any work starts."""
+    kind, starts, count = kind_of(path), [], 0
     if kind == "csv":
-        import polars as pl
-
-        return pl.scan_csv(path, infer_schema=False, separator="\t" if path.suffix == ".tsv" else ",").select(pl.len()).collect().item()
-    with open(path, encoding="utf-8") as f:
-        return sum(1 for _ in f)
+        records = ((offset, line) for offset, line, _ in islice(textfiles.csv_records(path, _delimiter(path)), 1, None))
+    else:
+        records = ((end - len(text.encode()), line) for line, end, text in textfiles.lines(path))
+    for count, start in enumerate(records, 1):
+        if (count - 1) % every == 0:
+            starts.append(start)
+    return count, starts
 
 
 def plan(path: Path, shard_rows: int, options: dict) -> list[dict]:
     mapping = resolve_mapping(path, options.get("mapping", {}))
-    total = count_rows(path)
-    return [{"file": str(path), "first_row": start, "rows": min(shard_rows, total - start), "mapping": mapping,
-             **{k: options[k] for k in ("image_root", "allow_network")}} for start in range(0, total, shard_rows)]
+    common = {"file": str(path), "mapping": mapping, **{k: options[k] for k in ("image_root", "allow_network")}}
+    if kind_of(path) == "parquet":
+        total = _parquet(path).metadata.num_rows
+        return [{**common, "first_row": s, "rows": min(shard_rows, total - s)} for s in range(0, total, shard_rows)]
+    total, starts = _record_starts(path, shard_rows)
+    return [{**common, "first_row": i * shard_rows, "rows": min(shard_rows, total - i * shard_rows), "offset": offset,
+             "line": line} for i, (offset, line) in enumerate(starts)]
 
 
-def _raw_rows(spec: dict):
-    """The shard's raw rows as dicts (CSV values stay text; a bad JSONL line becomes a marker)."""
-    path, start, n = Path(spec["file"]), spec["first_row"], spec["rows"]
+def _raw_rows(spec: dict) -> list[dict]:
+    """The shard's raw rows as dicts (CSV values stay text; a bad line or record becomes a marker row)."""
+    path, n = Path(spec["file"]), spec["rows"]
     kind = kind_of(path)
-    if kind == "csv":
-        import polars as pl
-
-        frame = pl.scan_csv(path, infer_schema=False, separator="\t" if path.suffix == ".tsv" else ",").slice(start, n).collect()
-        return frame.to_dicts()
     if kind == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).slice(start, n).to_pylist()
+        return _parquet_rows(path, spec["first_row"], n)
+    if kind == "jsonl":
+        return [textfiles.parse_json_line(text) for _, _, text in islice(textfiles.lines(path, spec["offset"], spec["line"]), n)]
+    names = header(path)
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in islice(f, start, start + n):
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                value = {"__bad_json__": line.rstrip("\n"), "__error__": str(exc)}
-            rows.append(value if isinstance(value, dict) else {"__bad_json__": line.rstrip("\n"), "__error__": "not an object"})
+    for _, _, fields in islice(textfiles.csv_records(path, _delimiter(path), spec["offset"], spec["line"]), n):
+        row = {name: (value if value != "" else None) for name, value in zip(names, fields)}
+        if len(fields) != len(names):
+            row["__fields__"] = f"the record has {len(fields)} fields and the header {len(names)}"
+            row["__extra__"] = fields[len(names):]
+        rows.append(row)
     return rows
 
 
-def _timestamp(value) -> dt.datetime | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-    if isinstance(value, (int, float)):
-        return dt.datetime.fromtimestamp(value, tz=dt.timezone.utc)
-    try:
-        parsed = dt.datetime.fromisoformat(str(value))
-    except ValueError:
-        raise Rejected(Reason.BAD_TYPE, f"created_at {value!r} is not an ISO time or epoch seconds") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+def _parquet_rows(path: Path, first: int, n: int) -> list[dict]:
+    parquet, rows, start = _parquet(path), [], 0
+    for group in range(parquet.metadata.num_row_groups):
+        size = parquet.metadata.row_group(group).num_rows
+        if start + size > first and start < first + n:
+            try:
+                table = parquet.read_row_group(group)
+            except Exception as exc:
+                raise SourceError(f"{path}: row group {group} (rows {start}-{start + size - 1}) cannot be decoded "
+                                  f"({one_line(exc)}); the file is damaged, get it again") from None
+            rows += table.slice(max(0, first - start), first + n - max(first, start)).to_pylist()
+        start += size
+    return rows
 
 
 def _number(value):
@@ -163,7 +162,9 @@ def _number(value):
 
 def _candidate(row: dict, m: dict[str, str], root: Path | None, allow_network: bool) -> dict:
     if "__bad_json__" in row:
-        raise Rejected(Reason.BAD_TYPE, f"line is not a JSON object: {row['__error__']}")
+        raise Rejected(Reason.BAD_TYPE, f"line is not a usable JSON object: {row['__error__']}")
+    if "__fields__" in row:
+        raise Rejected(Reason.BAD_TYPE, f"{row['__fields__']} (an unquoted separator?)")
     get = lambda logical: row.get(m[logical]) if logical in m else None  # noqa: E731
     if "label" in m:
         label, votes = label_from_value(_number(get("label"))), (None, None)
@@ -174,12 +175,10 @@ def _candidate(row: dict, m: dict[str, str], root: Path | None, allow_network: b
     prompt = get("prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise Rejected(Reason.BAD_TYPE, f"prompt {prompt!r} is not text")
-    annotator = get("annotator")
     return {"prompt": prompt, "label": label, "votes_a": votes[0], "votes_b": votes[1],
-            "annotator_id": None if annotator in (None, "") else str(annotator),
-            "model_a": None if get("model_a") is None else str(get("model_a")),
-            "model_b": None if get("model_b") is None else str(get("model_b")),
-            "created_at": _timestamp(get("created_at")),
+            "annotator_id": identifier(get("annotator"), "annotator"),
+            "model_a": identifier(get("model_a"), "model_a"), "model_b": identifier(get("model_b"), "model_b"),
+            "created_at": timestamp_value(get("created_at")),
             "bytes_a": load_image_ref(get("image_a"), root, allow_network),
             "bytes_b": load_image_ref(get("image_b"), root, allow_network)}
 

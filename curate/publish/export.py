@@ -24,6 +24,8 @@ from curate.dataset import Dataset
 
 IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # the Hugging Face Image feature in Arrow
 SPLIT_ORDER = ("train", "validation", "test")
+# The Hub's dataset viewer reads one row group at a time and gives up past ~286 MiB: stay well below.
+MAX_ROW_GROUP_BYTES = 128 * 2**20
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*$", re.IGNORECASE)
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -150,6 +152,11 @@ def arrow_schema(columns: list[Column]) -> pa.Schema:
 
 
 # ------------------------------------------------------------------------------------ row planning
+def row_group_cap(max_shard_bytes: int) -> int:
+    """Bytes a row group may hold: a quarter of a shard (several groups per file), never past MAX_ROW_GROUP_BYTES."""
+    return max(1, min(max_shard_bytes // 4, MAX_ROW_GROUP_BYTES))
+
+
 def plan_row_groups(row_bytes: np.ndarray, max_rows: int, max_bytes: int) -> list[tuple[int, int]]:
     """Cut rows into consecutive [start, end) groups of at most ``max_rows`` rows and ``max_bytes``
     bytes; a single row larger than ``max_bytes`` gets a group of its own."""
@@ -201,12 +208,11 @@ class ShardedParquetWriter:
             path = self.folder / f".tmp-{self.split}-{len(self.files):05d}.parquet"
             self._sink = open(path, "wb")
             images = [f"{c.name}.bytes" for c in self.schema if c.type == IMAGE]
-            binaries = [c.name for c in self.schema if c.type == pa.binary()]
+            binaries = images + [c.name for c in self.schema if c.type == pa.binary()]
             # Encoded images do not compress: spend no time trying.
-            compression = {name: "none" for name in images + binaries}
-            compression.update({c: "zstd" for c in _leaf_paths(self.schema) if c not in compression})
+            compression = {name: "none" if name in binaries else "zstd" for name in _leaf_paths(self.schema)}
             # Min/max statistics of image bytes would copy whole images into the footer: none for those.
-            stats = [c for c in _leaf_paths(self.schema) if c not in compression]
+            stats = [c for c in _leaf_paths(self.schema) if c not in binaries]
             self._writer = pq.ParquetWriter(self._sink, self.schema, compression=compression, write_statistics=stats,
                                             write_page_index=True)
             self.files.append({"tmp": path, "rows": 0, "num_bytes": 0})
@@ -365,8 +371,7 @@ def write_split(meta: Path, split: str, folder: Path, schema: pa.Schema, columns
                 continue
             table, row_bytes = build_rows(pa.Table.from_batches([batch]).filter(pa.array(keep)), columns, schema,
                                           index)
-            group_cap = max(1, options.max_shard_bytes // 4)
-            for start, end in plan_row_groups(row_bytes, options.rows_per_group, group_cap):
+            for start, end in plan_row_groups(row_bytes, options.rows_per_group, row_group_cap(options.max_shard_bytes)):
                 writer.write(table.slice(start, end - start), int(row_bytes[start:end].sum()))
         files = writer.close()
     except BaseException:

@@ -1,0 +1,38 @@
+"""`prefcurate verify`: check every table of a dataset against the manifests that committed it."""
+from __future__ import annotations
+
+import typer
+
+from curate.cli.common import DatasetArg, fail, print_counts
+
+
+def verify(dataset: DatasetArg) -> None:
+    """Re-hash every table file and compare it with its stage's manifest: names, rows, SHA-256 and schema.
+
+    Also reports files no manifest lists (a killed run, a stray copy). Exit status 1 when anything
+    differs, each problem on one line with the command that rebuilds the table. Changes nothing but
+    its record of checked files (.verified.json): run it on a dataset you were given before using it.
+    """
+    import sys
+
+    from rich.progress import Progress
+
+    from curate.verify import verify_dataset
+
+    with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
+        task = progress.add_task("verify", total=None)
+
+        def next_table(table: str, count: int) -> None:
+            progress.update(task, description=f"hashing {table}", total=count)
+            progress.advance(task)
+
+        checks, problems = verify_dataset(dataset, on_table=next_table)
+    rows = [(c.table, f"{c.rows:,} rows in {c.files} files" + (f", {len(c.problems)} problems" if c.problems else ""))
+            for c in checks]
+    print_counts(f"verify {dataset}", rows or [("tables", "none")])
+    problems += [p for c in checks for p in c.problems]
+    for problem in problems:
+        typer.secho(f"problem: {problem}", fg=typer.colors.RED, err=True)
+    if problems:
+        fail(f"{len(problems)} problems in {dataset}; use nothing there until they are fixed", code=1)
+    typer.echo(f"{dataset}: every table matches its manifest")
