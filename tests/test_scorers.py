@@ -145,7 +145,7 @@ def test_offline_missing_weights_name_the_files_before_any_work(monkeypatch):
         load_scorer("pickscore")
     message = str(pick.value)
     assert "yuvalkirstain/PickScore_v1/config.json" in message and "laion/CLIP-ViT-H-14-laion2B-s32B-b79K/" in message
-    assert "huggingface-cli download yuvalkirstain/PickScore_v1" in message and "\n" not in message
+    assert "hf download yuvalkirstain/PickScore_v1" in message and "\n" not in message
     with pytest.raises(ScorerError, match="xswu/HPSv2/HPS_v2.1_compressed.pt.*hps:PATH"):
         load_scorer("hps")
     with pytest.raises(ScorerError, match="names no weights"):

@@ -107,7 +107,7 @@ def missing_weights(what: str, files: list[WeightFile], local_hint: str) -> Scor
     by_repo: dict[str, list[str]] = {}
     for f in files:
         by_repo.setdefault(f.repo, []).append(f.filename)
-    fetch = "; ".join(f"huggingface-cli download {repo} {' '.join(names)}" for repo, names in by_repo.items())
+    fetch = "; ".join(f"hf download {repo} {' '.join(names)}" for repo, names in by_repo.items())
     return ScorerError(f"{what}: {', '.join(f'{f.repo}/{f.filename}' for f in files)} not in the Hugging Face cache "
                        f"and HF_HUB_OFFLINE is set; fetch them where the hub is reachable (`{fetch}`, which puts "
                        f"them in the cache), or {local_hint}")
