@@ -138,18 +138,35 @@ def test_unknown_or_missing_scorers_are_one_line_and_change_nothing(world, tmp_p
     assert files(path) == before
 
 
-def test_scores_import_that_matches_nothing_is_an_error_and_keeps_the_earlier_import(world, tmp_path):
+def test_an_import_that_matches_nothing_is_an_error_and_keeps_the_earlier_import(world, tmp_path):
     path, _ = copy_of(world, tmp_path)
     keys = distinct_keys(Dataset(path))
     keys.select("image_id", "prompt", score=pl.lit(1.0)).write_csv(tmp_path / "good.csv")
-    assert "scores stored" in cli("scores", "import", str(tmp_path / "good.csv"), "--scorer", "mine", "-d", str(path))
+    assert "scores stored" in cli("scores", "import", str(tmp_path / "good.csv"), "--scorer", "world", "-d", str(path))
     before = files(path)
     pl.DataFrame({"pair_id": ["0012"], "score_a": [1.0], "score_b": [2.0]}).write_csv(tmp_path / "pairs.csv")
     keys.select("image_id", prompt_id=pl.lit("0" * 32), score=pl.lit(1.0)).write_csv(tmp_path / "images.csv")
     for name, columns in (("pairs.csv", "on pair_id"), ("images.csv", "on image_id, prompt_id")):
-        result = runner.invoke(app, ["scores", "import", str(tmp_path / name), "--scorer", "mine", "-d", str(path)])
+        result = runner.invoke(app, ["scores", "import", str(tmp_path / name), "--scorer", "world", "-d", str(path)])
         assert result.exit_code == 2 and f"matches a pair of {path} {columns}; nothing to store" in result.output
         assert files(path) == before
+    computed = runner.invoke(app, ["scores", "compute", str(path), "--scorer", "world"])  # keys would repeat
+    assert computed.exit_code == 2 and "scores named 'world' are already stored by another stage" in computed.output
+    assert files(path) == before
+
+
+def test_an_interrupted_run_is_resumed_keeping_its_finished_shards(world, tmp_path):
+    from curate.scorers.stage import compute_scores
+
+    path, _ = copy_of(world, tmp_path)
+    first = compute_scores(path, "world", images_per_shard=60).report
+    tables = {k: v for k, v in files(path).items() if k.startswith("tables/")}
+    run = Dataset(path).run_dir(first.stage)
+    (run / "manifest.json").unlink()  # as if killed after its shards, before the commit
+    (run / "shards" / "00001.json").unlink()  # ... and before one shard's record
+    resumed = compute_scores(path, "world", images_per_shard=60, resume=True).report
+    assert resumed.stage == first.stage and resumed.skipped_shards == len(first.tables["scores"]["shards"]) - 1
+    assert {k: v for k, v in files(path).items() if k.startswith("tables/")} == tables
 
 
 def test_new_pairs_are_scored_by_a_new_generation_only(world, tmp_path):

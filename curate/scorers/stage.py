@@ -25,7 +25,7 @@ from curate.clip.embed import bucket_of, model_slug
 from curate.dataset import Dataset, read_shard
 from curate.ids import normalize_prompt
 from curate.runner import Executor, ShardContext, Stage, StageReport, committed_generation_files, generations, run_stage
-from curate.scorers.base import Scorer, ScorerSpec, parse_spec
+from curate.scorers.base import Scorer, ScorerError, ScorerSpec, parse_spec
 
 TABLES = ("scores", "score_failures")
 IMAGES_PER_SHARD = 4096
@@ -175,6 +175,17 @@ class ScoreSummary:
     pending_images: int
 
 
+def refuse_foreign_rows(ds: Dataset, scorer: str) -> None:
+    """ScorerError if another stage (``scores import``) stored rows under this scorer's name: keys would repeat."""
+    for shard in ds.shards("scores"):
+        if shard.name.startswith(_prefix(scorer)):
+            continue
+        if scorer in pc.unique(read_shard(shard, ["scorer"])["scorer"]).to_pylist():
+            raise ScorerError(f"{shard}: scores named {scorer!r} are already stored by another stage (`scores import`?); "
+                              f"remove that import (tables/scores/{shard.name} and runs/{shard.name.rsplit('-', 1)[0]}) "
+                              f"or import it under another --scorer name")
+
+
 def compute_scores(root: str | Path, spec: ScorerSpec | str, *, precision: str = "fp32",
                    options: ScoreOptions = ScoreOptions(), executor: Executor | None = None, resume: bool = False,
                    images_per_shard: int = IMAGES_PER_SHARD) -> ScoreSummary:
@@ -188,6 +199,7 @@ def compute_scores(root: str | Path, spec: ScorerSpec | str, *, precision: str =
     ds.require("pairs", hint="run `prefcurate ingest` (or `prefcurate demo-data`) first")
     ds.require("images", hint="scores compute reads the image bytes; ingest a source that has them")
     spec = parse_spec(spec) if isinstance(spec, str) else spec
+    refuse_foreign_rows(ds, spec.name)
     scorer = cached_scorer(spec, options.device, precision)
     runs = generations(ds, _prefix(spec.name))
     open_run = runs[-1][0] if runs and not runs[-1][1] else None
