@@ -176,14 +176,15 @@ class ScoreSummary:
 
 
 def refuse_foreign_rows(ds: Dataset, scorer: str) -> None:
-    """ScorerError if another stage (``scores import``) stored rows under this scorer's name: keys would repeat."""
+    """ScorerError if another stage (``scores import``, ``embed``) stored rows under this scorer's name: keys would repeat."""
     for shard in ds.shards("scores"):
         if shard.name.startswith(_prefix(scorer)):
             continue
         if scorer in pc.unique(read_shard(shard, ["scorer"])["scorer"]).to_pylist():
-            raise ScorerError(f"{shard}: scores named {scorer!r} are already stored by another stage (`scores import`?); "
-                              f"remove that import (tables/scores/{shard.name} and runs/{shard.name.rsplit('-', 1)[0]}) "
-                              f"or import it under another --scorer name")
+            run = shard.name.rsplit("-", 1)[0]
+            raise ScorerError(f"{shard}: scores named {scorer!r} are already stored by another stage (runs/{run}, "
+                              f"from `scores import` or `embed`); a key is stored once per scorer, so remove that "
+                              f"stage's file and run folder, or import those scores under another --scorer name")
 
 
 def compute_scores(root: str | Path, spec: ScorerSpec | str, *, precision: str = "fp32",
