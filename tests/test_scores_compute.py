@@ -188,3 +188,17 @@ def test_new_pairs_are_scored_by_a_new_generation_only(world, tmp_path):
     keys = distinct_keys(ds).join(new, on=["image_id", "prompt_id"], how="semi")
     np.testing.assert_allclose(new.sort("image_id", "prompt_id")["score"].to_numpy(),
                                registry_scores(ds, keys, "world"), rtol=1e-6)
+
+
+def test_the_world_scorer_refuses_a_foreign_prompt_before_any_work(world, tmp_path):
+    path, _ = copy_of(world, tmp_path)
+    ds = Dataset(path)
+    [shard] = ds.shards("pairs")
+    pairs = ds.read_table("pairs")
+    prompts = ["a photo of a cat"] + pairs["prompt"].to_pylist()[1:]
+    write_shard(shard, schemas.load("pairs"), schemas.load("pairs").table(
+        {c: (prompts if c == "prompt" else pairs[c]) for c in pairs.column_names}).to_batches())
+    before = files(path)
+    result = runner.invoke(app, ["scores", "compute", str(path), "--scorer", "world"])
+    assert result.exit_code == 2 and "'a photo of a cat' is not a prompt of the synthetic world" in result.output
+    assert result.output.count("\n") == 1 and files(path) == before
