@@ -10,6 +10,7 @@ from scipy.stats import spearmanr
 from curate.scorers import ScorerError, ScorerKind, ScorerSpec, load_scorer, parse_specs
 from curate.synth import scene as sc
 from curate.synth.pool import make_pool, random_scenes
+from scorer_models import tiny_pickscore
 
 
 def world_renders(n: int = 12, side: int = 32, seed: int = 3):
@@ -111,24 +112,9 @@ def test_aesthetic_is_the_mlp_on_unit_norm_image_embeddings(tmp_path, torch_one_
 
 def test_pickscore_layout_is_logit_scale_times_cosine(tmp_path, torch_one_thread):
     import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+    from transformers import CLIPModel
 
-    from curate.train.models import tiny_tokenizer
-
-    tokenizer = tiny_tokenizer(max_length=77)
-    torch.manual_seed(0)
-    config = CLIPConfig(text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=77,
-                                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                                         pad_token_id=tokenizer.pad_token_id),
-                        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                           num_attention_heads=2, image_size=32, patch_size=8),
-                        projection_dim=16, logit_scale_init_value=2.0)
-    CLIPModel(config).save_pretrained(tmp_path / "pick")
-    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
-                                                                 crop_size={"height": 32, "width": 32}),
-                              tokenizer=tokenizer)
-    processor.save_pretrained(tmp_path / "pick")
+    processor = tiny_pickscore(tmp_path / "pick")
     images, prompts = world_renders()
     scorer = load_scorer(f"pickscore:{tmp_path / 'pick'}")
     got = assert_batching_invariant_and_deterministic(scorer, images, prompts)

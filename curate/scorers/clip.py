@@ -104,7 +104,7 @@ def load_hps(spec: ScorerSpec, device: str, precision: str) -> ClipScorer:
     source = spec.source or "v2.1"
     if source in HPS_FILES:
         [path] = hub_files(f"hps:{source}", [WeightFile(HPS_REPO, HPS_FILES[source])],
-                           "pass the checkpoint file as --scorers hps:PATH")
+                           "name the checkpoint file as the scorer hps:PATH")
     else:
         path = Path(source).expanduser()
         if not path.is_file():
@@ -118,7 +118,7 @@ def load_aesthetic(spec: ScorerSpec, device: str, precision: str) -> AestheticSc
 
     path = Path(spec.source).expanduser() if spec.source else None
     if path is None or not path.is_file():
-        raise ScorerError(f"aesthetic needs its weight file: download {AESTHETIC_URL} and pass --scorers "
+        raise ScorerError(f"aesthetic needs its weight file: download {AESTHETIC_URL} and name the scorer "
                           f"aesthetic:PATH ({spec.source or 'no path given'})")
     head = aesthetic_head(load_tensors(path, spec.name), spec.name)
     clip = load_clip(clip_source(spec.backbone or AESTHETIC_BACKBONE), device, precision)

@@ -22,11 +22,11 @@ def load_imagereward(spec: ScorerSpec, device: str, precision: str) -> ImageRewa
         import ImageReward
     except ImportError:
         raise ScorerError("imagereward needs its package: `pip install image-reward` (it is not installed here); "
-                          "or leave imagereward out of --scorers") from None
+                          "or leave the imagereward scorer out") from None
     source = spec.source or DEFAULT
     try:
         model = ImageReward.load(source, device=device)
     except Exception as err:  # the package downloads on its own; any failure has the same fix
         raise ScorerError(f"imagereward: cannot load {source} ({type(err).__name__}: {err}); offline, pass the "
-                          f"checkpoint file: --scorers imagereward:PATH/ImageReward.pt") from err
+                          f"checkpoint file as the scorer imagereward:PATH/ImageReward.pt") from err
     return ImageRewardScorer(spec.name, model.eval(), key=source)

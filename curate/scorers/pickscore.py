@@ -56,7 +56,7 @@ def locate(source: str | None) -> tuple[str, str]:
         absent += [WeightFile(PROCESSOR, f) for f in PROCESSOR_FILES if first_cached(PROCESSOR, [f]) is None]
         if absent:
             raise missing_weights("pickscore", absent, "put the model's files (and the processor's) in one folder "
-                                  "and pass --scorers pickscore:FOLDER")
+                                  "and name the scorer pickscore:FOLDER")
     return model, PROCESSOR
 
 

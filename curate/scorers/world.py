@@ -44,7 +44,7 @@ def scene_codes(prompt: str) -> np.ndarray:
         size0, colour0, shape0, phrase, bg = m.groups()
         return sc.Scene((sc.Obj(shape0, colour0, size0),), _PHRASES[phrase], bg).codes()
     raise ValueError(f"{prompt!r} is not a prompt of the synthetic world (e.g. {sc.prompt_for(_EXAMPLE)!r}); "
-                     f"the world scorer only judges the world's prompts (--prompts world)")
+                     f"the world scorer only judges the world's prompts (evaluate --prompts world, or a demo-data dataset)")
 
 
 _EXAMPLE = sc.Scene((sc.Obj("circle", "red", "large"),), "center")
