@@ -61,8 +61,11 @@ def tables(ds: str, table: str) -> pl.DataFrame:
 
 
 def trained_ids(ds: str) -> tuple[set[str], set[str]]:
+    """Images and prompts encode must encode: those of non-tie pairs, and the empty prompt (prompt dropout)."""
+    from curate.ids import prompt_id
+
     pairs = tables(ds, "pairs").filter(pl.col("label") != "tie")
-    return set(pairs["image_a_id"]) | set(pairs["image_b_id"]), set(pairs["prompt_id"])
+    return set(pairs["image_a_id"]) | set(pairs["image_b_id"]), set(pairs["prompt_id"]) | {prompt_id("")}
 
 
 def test_encode_writes_keyed_tables_once_then_only_what_is_new(world):

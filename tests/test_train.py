@@ -12,10 +12,11 @@ from curate.train.config import TrainConfig  # noqa: E402
 from curate.train.data import encode_pairs  # noqa: E402
 from curate.train.ema import EMAAnnotators  # noqa: E402
 from curate.train.evaluate import evaluate_pairs  # noqa: E402
-from curate.train.loop import NonFiniteLoss, minority_scores, pair_step, train  # noqa: E402
+from curate.train.loop import NonFiniteLoss, train  # noqa: E402
 from curate.train.margins import noised_pair  # noqa: E402
 from curate.train.models import load_components, tiny_sd15, tiny_sdxl  # noqa: E402
 from curate.train.setup import prepare_policy, trainable_parameters  # noqa: E402
+from curate.train.step import minority_scores, pair_step  # noqa: E402
 from curate.train.synthetic import pattern_pairs  # noqa: E402
 
 LATENT = (4, 8, 8)  # 16 x 16 px through the tiny VAE (factor 2)
@@ -296,7 +297,12 @@ def test_encode_pairs_runs_vae_and_text_encoders_once_with_a_shared_flip():
         batch = next(iter(source))
         assert batch.text_emb.shape == (2, 16, text_width)
         if components.is_sdxl:
-            assert batch.pooled.shape == (2, 16) and batch.time_ids.tolist()[0] == [20.0, 24.0, 0.0, 2.0, 16.0, 16.0]
+            assert batch.pooled.shape == (2, 16) and enc.empty_prompt[1].shape == (16,)
+            for pid, time_ids in zip(batch.pair_ids, batch.time_ids.tolist()):
+                # A flipped pair's crop left is mirrored as diffusers' SDXL script does: 16 - 2.
+                left = 14.0 if flips[pid] else 2.0
+                assert time_ids == [20.0, 24.0, 0.0, left, 16.0, 16.0]
+        assert enc.empty_prompt[0].shape == (16, text_width)
 
 
 def test_config_errors_name_the_value_and_choices():
