@@ -42,6 +42,7 @@ class TrainConfig:
     attention: str = "sdpa"                     # sdpa: torch scaled_dot_product_attention | eager: plain matmuls
     allow_tf32: bool = True                     # TF32 matmuls and convolutions on GPUs that have them
     compile: str = "no"                         # torch.compile mode of the policy forward, or no
+    compile_backend: str = "inductor"           # torch.compile backend (aot_eager: no code generation)
 
     # objective
     method: str = "dpo"                         # dpo | adaptive-dpo (online EMA annotators) | adaptive-offline (u from data)

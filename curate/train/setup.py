@@ -43,7 +43,9 @@ def prepare_policy(cfg, unet):
                 p.data = p.data.float()
         reference = None
     else:
-        reference = copy.deepcopy(unet).to(dtype=frozen_dtype).eval()
+        reference = copy.deepcopy(unet).eval()
+        if reference.dtype != frozen_dtype:
+            reference.to(dtype=frozen_dtype)
         unet.float().requires_grad_(True)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -125,10 +127,16 @@ def place_model(cfg, unet, accelerator) -> PlacedModel:
         reference.to(accelerator.device)
     trainable = trainable_parameters(bare)
     annotators = EMAAnnotators(trainable, cfg.ema_caps) if cfg.method == "adaptive-dpo" else None
-    policy = unet if cfg.compile == "no" else torch.compile(unet, mode=cfg.compile)
+    policy = unet if cfg.compile == "no" else compiled(unet, cfg.compile, cfg.compile_backend)
     return PlacedModel(unet=unet, bare=bare, policy=policy, reference=reference, trainable=trainable,
                        annotators=annotators, optimizer=optimizer,
                        precision=Precision(cfg.mixed_precision, accelerator.device))
+
+
+def compiled(module, mode: str, backend: str):
+    """torch.compile of the policy forward only: the reference and EMA forwards toggle adapters or
+    substitute weights, which would make a compiled graph recompile."""
+    return torch.compile(module, backend=backend, **({"mode": mode} if backend == "inductor" else {}))
 
 
 def apply_gradients(cfg, accelerator, model: PlacedModel):
