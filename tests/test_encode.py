@@ -214,6 +214,8 @@ def test_sdxl_encodings_give_pooled_embeddings_and_time_ids(world):
     # (original h, w, crop top, left, target h, w): 32 px images resized to 16 need no crop.
     assert batch.time_ids.tolist() == [[32.0, 32.0, 0.0, 0.0, 16.0, 16.0]] * 4
     assert np.isfinite(batch.pooled.numpy()).all()
+    source = DatasetPairSource(world["ds"], summary.key, 4, selection=Selection(need_u=False))
+    assert source.empty_prompt[0].shape == (16, 32) and source.empty_prompt[1].shape == (16,)
 
     # Interrupt it after the fact: no manifest and one shard unfinished. --resume redoes that shard only.
     run = Dataset(world["ds"]).run_dir(f"encode-{summary.key.replace(':', '-')}-g001")
@@ -226,6 +228,12 @@ def test_sdxl_encodings_give_pooled_embeddings_and_time_ids(world):
     assert resumed.generation == 1 and resumed.kept_shards == 1 and resumed.stats["latents_encoded"] == len(trained_ids(world["ds"])[0])
     assert all(mine(t).equals(frame) for t, frame in before.items())  # the same rows, the same bytes
 
+    # Flipped pairs: the crop left in the time ids is mirrored (diffusers' SDXL script: 16 - 0), the rest kept.
+    encode_dataset(world["ds"], str(folder), resolution=16, batch_size=8, flip=True)
+    it = iter(DatasetPairSource(world["ds"], summary.key, 4, flip=True, seed=3))
+    lefts = [row[3] for _ in range(4) for row in next(it).time_ids.tolist()]
+    assert set(lefts) == {0.0, 16.0}
+
 
 def test_minority_weight_multiplies_each_pairs_loss(world, tmp_path):
     ds, model = world["ds"], world["model"]
@@ -233,7 +241,14 @@ def test_minority_weight_multiplies_each_pairs_loss(world, tmp_path):
     cli("flag", ds)
     run = tmp_path / "weighted"
     cli("train", ds, "--model", model, "--output-dir", str(run), "--method", "dpo", "--minority", "weight",
-        "--max-steps", "2", "--batch-size", "4", "--lora-rank", "4", "--checkpoint-every", "0")
+        "--max-steps", "2", "--batch-size", "4", "--lora-rank", "4", "--checkpoint-every", "0",
+        "--prompt-dropout", "0.5")  # the empty prompt's embedding is in the dataset: encode stored it
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     weights = [s["w_mean"] for s in steps if "w_mean" in s]
     assert weights and all(0 < w <= 1 for w in weights)  # pair_scores.weight reached the loss
+    # Health metrics: each pair's W, split by the flag pair_scores gives it.
+    scores = tables(ds, "pair_scores")
+    by_flag = {flag: {round(w, 4) for w in scores.filter(pl.col("is_minority") == flag)["weight"]} for flag in (True, False)}
+    logged = [s for s in steps if "loss" in s]
+    assert all(len(s["w_flagged"]) + len(s["w_kept"]) == 4 for s in logged)
+    assert all(set(s["w_flagged"]) <= by_flag[True] and set(s["w_kept"]) <= by_flag[False] for s in logged)

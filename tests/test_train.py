@@ -322,13 +322,32 @@ def test_offline_hub_id_error_is_clear(monkeypatch):
         load_components("prefcurate-test/not-a-model")
 
 
-def test_cli_train_refuses_a_bad_config_before_reading_any_data(tmp_path):
+@pytest.mark.parametrize("args,message", [
+    (["--method", "adaptive-dpo", "--loss", "hinge"], "not loss='hinge'"),
+    (["--lr", "-1"], "learning_rate must be > 0, got -1.0"),
+    (["--lr-scheduler", "cosin"], "'cosin' is not one of 'linear', 'cosine', 'cosine_with_restarts'"),
+    (["--method", "adaptive-offline", "--minority", "weight"], "the same W again"),
+    (["--use-8bit-adam"], "needs bitsandbytes"),
+])
+def test_cli_train_refuses_a_bad_config_before_reading_any_data(tmp_path, args, message):
     # Training from a dataset, and `prefcurate sample` on its LoRA, run end to end in tests/test_encode.py.
+    import importlib.util
+
     from typer.testing import CliRunner
 
     from curate.cli import app
 
+    if "--use-8bit-adam" in args and importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed here")
     res = CliRunner().invoke(app, ["train", str(tmp_path), "--model", "unused", "--output-dir", str(tmp_path / "run"),
-                                   "--method", "adaptive-dpo", "--loss", "hinge"])
-    assert res.exit_code == 2 and "not loss='hinge'" in res.output
+                                   *args])
+    assert res.exit_code == 2 and message in " ".join(res.output.replace("│", " ").split()), res.output
     assert not (tmp_path / "run").exists()
+
+
+def test_the_cli_lists_diffusers_lr_schedules():
+    from diffusers.optimization import SchedulerType
+
+    from curate.train.config import LR_SCHEDULERS
+
+    assert LR_SCHEDULERS == tuple(s.value for s in SchedulerType)
