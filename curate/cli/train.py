@@ -218,7 +218,7 @@ def train(
     from curate.train.loop import empty_prompt
     from curate.train.loop import train as run_training
     from curate.train.models import load_components, unet_dtype
-    from curate.train.setup import check_runtime
+    from curate.train.setup import check_runtime, make_accelerator
     from curate.train.step import DOUBLE_WEIGHT
 
     try:
@@ -244,20 +244,18 @@ def train(
     if found is not None and not resume:
         fail(f"{output_dir} holds {found.name}: pass --resume to continue that run, or choose another --output-dir")
     try:
-        from accelerate import PartialState
-
-        state = PartialState()
+        accelerator = make_accelerator()
         components = load_components(model, revision, unet_dtype=unet_dtype(cfg))
         source = DatasetPairSource(dataset_dir, encoder_key(components), batch_size, selection=selection,
-                                   resolution=resolution, flip=flip, seed=seed, rank=state.process_index,
-                                   world_size=state.num_processes, model_hint=model)
+                                   resolution=resolution, flip=flip, seed=seed, rank=accelerator.process_index,
+                                   world_size=accelerator.num_processes, grad_accum=grad_accum, model_hint=model)
         empty_prompt(cfg, source)  # prompt dropout needs it: refuse before the run folder is made
-        if state.is_main_process:
+        if accelerator.is_main_process:
             print_counts(f"training pairs <- {dataset_dir}", source.summary_rows())
             for note in source.notes:
                 typer.echo(f"note: {note}")
             write_json_atomic(output_dir / "data.json", source.describe())
-        result = run_training(cfg, source, components)
+        result = run_training(cfg, source, components, accelerator=accelerator)
     except (ValueError, FileNotFoundError, DatasetError, NonFiniteLoss) as err:
         fail(str(err))
     typer.echo(f"trained {result.step} steps; dropped pairs: {dict(source.dropped) or 'none'}; "

@@ -70,20 +70,25 @@ def latent_key(image_id: str, flipped: bool = False) -> str:
     return f"{image_id}:flip" if flipped else image_id
 
 
-def position_state(epoch: int, cursor: int, world_size: int) -> dict:
+def epoch_batches(n_pairs: int, batch_size: int, world_size: int, grad_accum: int) -> int:
+    """Batches per epoch of one process: whole optimizer steps only, so an epoch ends at the same
+    pair under any split of a step's pairs between processes and accumulation (the permutation's
+    last n mod (batch x accum x processes) pairs sit that epoch out)."""
+    return n_pairs // (batch_size * world_size * grad_accum) * grad_accum
+
+
+def position_state(epoch: int, cursor: int, world_size: int, grad_accum: int) -> dict:
     """Where a source is, in global batches: rank r's cursor c is the world_size * c-th global batch."""
-    return {"epoch": epoch, "global_batches": cursor * world_size, "world_size": world_size}
+    return {"epoch": epoch, "global_batches": cursor * world_size, "world_size": world_size, "grad_accum": grad_accum}
 
 
-def restore_position(state: dict, n_pairs: int, batch_size: int, world_size: int) -> tuple[int, int]:
+def restore_position(state: dict, world_size: int) -> tuple[int, int]:
     """(epoch, cursor) of a position saved under any number of processes."""
-    saved = int(state["world_size"])
-    per_epoch = lambda w: n_pairs // (batch_size * w) * w  # noqa: E731  (global batches in one epoch)
     done = int(state["global_batches"])
-    if done % world_size or per_epoch(saved) != per_epoch(world_size):
-        raise ValueError(f"the data position was saved under {saved} processes ({done} batches of {batch_size} into "
-                         f"epoch {state['epoch']}, {per_epoch(saved)} per epoch); under {world_size} it is not "
-                         f"reachable ({per_epoch(world_size)} per epoch): resume with {saved} processes")
+    if done % world_size:
+        raise ValueError(f"the data position was saved {done} batches into epoch {state['epoch']} under "
+                         f"{state['world_size']} processes, which {world_size} processes cannot reach; resume with "
+                         f"{state['world_size']}")
     return int(state["epoch"]), done // world_size
 
 
@@ -94,21 +99,24 @@ class InMemoryPairSource:
 
     Ties are dropped and counted, never trained as "image a wins". Each epoch is a fresh permutation
     drawn from (seed, epoch); only full batches are yielded (Adaptive-DPO normalises over the batch).
-    With world_size > 1, rank r takes every world_size-th batch.
+    With world_size > 1, rank r takes every world_size-th batch; an epoch holds whole optimizer
+    steps of grad_accum batches per process (see epoch_batches).
     """
 
     def __init__(self, pairs: Sequence[Mapping], latents: Mapping[str, torch.Tensor], prompts: Mapping,
                  batch_size: int, *, time_ids: Mapping[str, torch.Tensor] | None = None, seed: int = 0,
-                 shuffle: bool = True, rank: int = 0, world_size: int = 1, empty_prompt: tuple | None = None):
+                 shuffle: bool = True, rank: int = 0, world_size: int = 1, grad_accum: int = 1,
+                 empty_prompt: tuple | None = None):
         self.latents, self.prompts, self.time_ids, self.empty_prompt = latents, prompts, time_ids, empty_prompt
         self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.grad_accum = rank, world_size, grad_accum
         self.dropped: Counter = Counter()
         self.pairs = [p for p in pairs if self._keep(p)]
-        self.batches_per_epoch = len(self.pairs) // (batch_size * world_size)
+        self.batches_per_epoch = epoch_batches(len(self.pairs), batch_size, world_size, grad_accum)
         if self.batches_per_epoch == 0:
-            raise ValueError(f"{len(self.pairs)} trainable pairs (dropped: {dict(self.dropped)}) do not fill one batch "
-                             f"of {batch_size} x {world_size} processes; lower batch_size or add pairs")
+            raise ValueError(f"{len(self.pairs)} trainable pairs (dropped: {dict(self.dropped)}) do not fill one step "
+                             f"of {batch_size} x {grad_accum} accumulation x {world_size} processes; lower batch_size "
+                             "or add pairs")
         self.epoch, self.cursor = 0, 0
 
     def _keep(self, pair: Mapping) -> bool:
@@ -162,16 +170,17 @@ class InMemoryPairSource:
         )
 
     def state_dict(self) -> dict:
-        return {**position_state(self.epoch, self.cursor, self.world_size), "seed": self.seed,
-                "pairs": len(self.pairs), "batch_size": self.batch_size}
+        return {**position_state(self.epoch, self.cursor, self.world_size, self.grad_accum), "seed": self.seed,
+                "pairs": len(self.pairs), "batch_size": self.batch_size,
+                "pairs_per_step": self.batch_size * self.world_size * self.grad_accum}
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.state_dict()
-        for key in ("seed", "pairs", "batch_size"):
-            if state[key] != mine[key]:
-                raise ValueError(f"data position was saved with {key}={state[key]}, this source has {mine[key]}; "
+        for key in ("seed", "pairs", "batch_size", "pairs_per_step"):
+            if state.get(key) != mine[key]:
+                raise ValueError(f"data position was saved with {key}={state.get(key)}, this source has {mine[key]}; "
                                  "resume with the same pairs and settings")
-        self.epoch, self.cursor = restore_position(state, len(self.pairs), self.batch_size, self.world_size)
+        self.epoch, self.cursor = restore_position(state, self.world_size)
 
 
 def epoch_order(n: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:

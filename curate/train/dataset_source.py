@@ -33,7 +33,7 @@ import torch
 from curate import schema as schemas
 from curate.dataset import Dataset
 from curate.ids import prompt_id
-from curate.train.data import PairBatch, epoch_order, position_state, restore_position
+from curate.train.data import PairBatch, epoch_batches, epoch_order, position_state, restore_position
 from curate.train.encode import committed_files
 
 TIES = ("drop",)
@@ -199,10 +199,10 @@ class DatasetPairSource:
 
     def __init__(self, dataset_dir, key: str, batch_size: int, *, selection: Selection = Selection(),
                  resolution: int | None = None, flip: bool = False, seed: int = 0, shuffle: bool = True,
-                 rank: int = 0, world_size: int = 1, model_hint: str | None = None):
+                 rank: int = 0, world_size: int = 1, grad_accum: int = 1, model_hint: str | None = None):
         self.ds, self.key, self.selection = Dataset(dataset_dir), key, selection
         self.batch_size, self.flip, self.seed, self.shuffle = batch_size, flip, seed, shuffle
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.grad_accum = rank, world_size, grad_accum
         self._hint = f"prefcurate encode {self.ds.root} --model {model_hint or '<the model with key ' + key + '>'}"
         pairs, self.dropped, self.counts, self.notes = select_pairs(self.ds, selection)
         files = committed_files(self.ds, key)
@@ -213,11 +213,11 @@ class DatasetPairSource:
         self.pair_ids = tuple(pairs["pair_id"].to_list())
         self.digest = hashlib.sha256("\n".join(self.pair_ids).encode()).hexdigest()[:16]
         self._arrays()
-        self.batches_per_epoch = len(self.pair_ids) // (batch_size * world_size)
+        self.batches_per_epoch = epoch_batches(len(self.pair_ids), batch_size, world_size, grad_accum)
         if self.batches_per_epoch == 0:
             raise DataSelectionError(f"{len(self.pair_ids)} trainable pairs (dropped: {dict(self.dropped)}) do not "
-                                     f"fill one batch of {batch_size} x {world_size} processes; lower --batch-size "
-                                     f"or add pairs")
+                                     f"fill one step of {batch_size} x {grad_accum} accumulation x {world_size} "
+                                     f"processes; lower --batch-size or add pairs")
         self._latents = _Columns(self.ds.root, files["latents"], "latents", "latent")
         self._text = _Columns(self.ds.root, files["text_embeddings"], "text_embeddings", "embedding")
         self._pooled = _Columns(self.ds.root, files["text_embeddings"], "text_embeddings", "pooled")
@@ -369,19 +369,20 @@ class DatasetPairSource:
 
     # ------------------------------------------------------------------ position
     def state_dict(self) -> dict:
-        return {**position_state(self.epoch, self.cursor, self.world_size), "seed": self.seed,
+        return {**position_state(self.epoch, self.cursor, self.world_size, self.grad_accum), "seed": self.seed,
                 "pairs": len(self.pair_ids), "pairs_digest": self.digest, "batch_size": self.batch_size,
-                "flip": self.flip, "shuffle": self.shuffle}
+                "pairs_per_step": self.batch_size * self.world_size * self.grad_accum, "flip": self.flip,
+                "shuffle": self.shuffle}
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.state_dict()
-        for key in ("seed", "pairs", "pairs_digest", "batch_size", "flip", "shuffle"):
+        for key in ("seed", "pairs", "pairs_digest", "batch_size", "pairs_per_step", "flip", "shuffle"):
             if state.get(key) != mine[key]:
                 raise DataSelectionError(f"the data position was saved with {key}={state.get(key)!r}, this source "
                                          f"has {mine[key]!r}; resume with the same dataset, selection options and "
                                          f"batch size")
         try:
-            self.epoch, self.cursor = restore_position(state, len(self.pair_ids), self.batch_size, self.world_size)
+            self.epoch, self.cursor = restore_position(state, self.world_size)
         except ValueError as err:
             raise DataSelectionError(str(err)) from None
 

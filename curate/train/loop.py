@@ -20,7 +20,7 @@ from curate.train.checkpoint import latest_checkpoint
 from curate.train.config import TrainConfig
 from curate.train.metrics import MetricsLog, health, peak_memory_mb, summarize
 from curate.train.resume import restore_run, save_run
-from curate.train.setup import apply_gradients, check_runtime, place_model
+from curate.train.setup import apply_gradients, check_runtime, make_accelerator, place_model
 from curate.train.step import StepOutput, noise_generator, pair_step
 
 
@@ -44,22 +44,20 @@ def train(cfg: TrainConfig, source, components=None, *, accelerator=None, export
     a checkpoint. `components` (curate.train.models.Components) defaults to load_components(cfg.model);
     train() takes ownership of components.unet (adapters are added to it in place)."""
     # ---------------------------------------------------------------- setup
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
 
     check_runtime(cfg)
-    # Mixed precision and accumulation are the loop's own (setup.Precision, no_sync): accelerate's must be off.
-    accelerator = accelerator or Accelerator(mixed_precision="no")
+    accelerator = accelerator or make_accelerator()
     if accelerator.gradient_accumulation_steps != 1 or accelerator.mixed_precision != "no":
         raise ValueError("pass an Accelerator with gradient_accumulation_steps=1 and mixed_precision='no'; "
                          "set TrainConfig.grad_accum and mixed_precision instead")
     device, processes, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
-    world = getattr(source, "world_size", 1), getattr(source, "rank", 0)
-    if world != (processes, rank):
-        raise ValueError(f"the pair source is built for world_size, rank = {world} but this process is "
-                         f"{processes, rank}; build it with rank=accelerator.process_index, "
-                         "world_size=accelerator.num_processes")
+    world = getattr(source, "world_size", 1), getattr(source, "rank", 0), getattr(source, "grad_accum", 1)
+    if world != (processes, rank, cfg.grad_accum):
+        raise ValueError(f"the pair source is built for world_size, rank, grad_accum = {world} but this run is "
+                         f"{processes, rank, cfg.grad_accum}; build it with rank=accelerator.process_index, "
+                         "world_size=accelerator.num_processes, grad_accum=cfg.grad_accum")
     empty = empty_prompt(cfg, source, device)
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:

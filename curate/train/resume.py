@@ -13,10 +13,10 @@ import torch
 from curate.train.checkpoint import load_checkpoint, save_checkpoint
 from curate.train.config import TrainConfig
 
-# A resumed run may change how long it runs and how it reports, and how the pairs of a step are
-# split between processes and accumulation; nothing that shapes the loss curve.
+# A resumed run may change how long it runs, how and where it reports (a run folder may move), and
+# how the pairs of a step are split between processes and accumulation; nothing that shapes the loss curve.
 RESUMABLE_CHANGES = {"max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "tensorboard", "progress",
-                     "grad_accum"}
+                     "grad_accum", "output_dir"}
 
 
 def pairs_per_step(cfg: TrainConfig, processes: int) -> int:

@@ -14,6 +14,18 @@ from curate.train.ema import EMAAnnotators
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def make_accelerator():
+    """The run's Accelerator. Mixed precision and accumulation are the loop's own (Precision,
+    no_sync), so accelerate's stay off. Several processes on a machine without a GPU (torchrun, or
+    accelerate launch --multi_gpu) need accelerate's cpu flag to pick gloo: it is set then."""
+    import os
+
+    from accelerate import Accelerator
+
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    return Accelerator(mixed_precision="no", cpu=processes > 1 and not torch.cuda.is_available())
+
+
 def check_runtime(cfg) -> None:
     """Fail before any work when the config asks for something this machine cannot do."""
     if cfg.use_8bit_adam and importlib.util.find_spec("bitsandbytes") is None:
