@@ -10,24 +10,16 @@ import polars as pl
 import pyarrow.compute as pc
 import pytest
 import torch
-from typer.testing import CliRunner
+from train_data import cli, ingested_world, runner
 
 from curate import schema as schemas
 from curate.cli import app
 from curate.dataset import Dataset, read_shard, write_shard
-from curate.synth.world import WorldConfig, build_world
 from curate.train.dataset_source import DataSelectionError, DatasetPairSource, Selection
 from curate.train.encode import committed_files, encode_dataset, encoder_key, load_encoders
 from curate.train.models import tiny_sd15, tiny_sdxl
 
-runner = CliRunner()
 RES = "16"  # 32 px synthetic images -> 16 px crops -> 4 x 8 x 8 latents through the tiny VAE
-
-
-def cli(*args: str) -> str:
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 def count(output: str, label: str) -> int:
@@ -46,10 +38,7 @@ def one_thread():
 def world(tmp_path_factory):
     """Ingested synthetic dataset, a tiny SD1.5 folder, and the outputs of three encode runs."""
     root = tmp_path_factory.mktemp("encode")
-    build_world(root, WorldConfig(pairs=60, seed=1, image_size=32, formats=("pickapic",)))
-    cli("ingest", str(root / "pickapic"), "-f", "pickapic", "-o", str(root / "ds"))
-    tiny_sd15().save_pretrained(root / "sd15")
-    ds, model = str(root / "ds"), str(root / "sd15")
+    ds, model = ingested_world(root, pairs=60, seed=1)
     runs = [cli("encode", ds, "--model", model, "--resolution", RES, "--batch-size", "8"),
             cli("encode", ds, "--model", model, "--resolution", RES, "--flip"),
             cli("encode", ds, "--model", model, "--resolution", RES, "--flip")]

@@ -229,3 +229,13 @@ def test_8bit_adam_without_bitsandbytes_fails_first_with_the_fix(tmp_path):
     with pytest.raises(ValueError, match="needs bitsandbytes, which is not installed: `pip install bitsandbytes`"):
         train(config(tmp_path, use_8bit_adam=True), pattern_pairs(8, latent_shape=LATENT).source(4), tiny_sd15())
     assert not (tmp_path / "run").exists()
+
+
+def test_a_lora_base_is_loaded_in_the_mixed_precision_dtype(tmp_path):
+    from curate.train.models import load_components, unet_dtype
+
+    folder = tiny_sd15().save_pretrained(tmp_path / "sd15")
+    assert unet_dtype(config(tmp_path, mixed_precision="bf16")) == torch.bfloat16
+    assert unet_dtype(config(tmp_path, mixed_precision="bf16", finetune="full")) == torch.float32  # it trains
+    unet = load_components(str(folder), unet_dtype=torch.bfloat16).unet
+    assert {p.dtype for p in unet.parameters()} == {torch.bfloat16}

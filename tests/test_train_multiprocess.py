@@ -12,20 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from curate.cli import app
+from train_data import cli, ingested_world
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["--split", "all", "--batch-size", "2", "--checkpoint-every", "3", "--method", "adaptive-dpo", "--lr", "1e-3",
          "--lora-rank", "4"]
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
-
-def cli(*args: str) -> str:
-    result = CliRunner().invoke(app, list(args))
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 # As README says. Without a GPU, accelerate's --cpu launcher starts one process only; --multi_gpu
@@ -59,14 +51,9 @@ def same_steps(a: list[dict], b: list[dict]) -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from curate.synth.world import WorldConfig, build_world
-    from curate.train.models import tiny_sd15
-
     root = tmp_path_factory.mktemp("multiprocess")
-    build_world(root, WorldConfig(pairs=48, seed=2, image_size=32, formats=("pickapic",)))
-    cli("ingest", str(root / "pickapic"), "-f", "pickapic", "-o", str(root / "ds"))
-    tiny_sd15().save_pretrained(root / "sd15")
-    cli("encode", str(root / "ds"), "--model", str(root / "sd15"), "--resolution", "16")
+    ds, model = ingested_world(root, pairs=48, seed=2)
+    cli("encode", ds, "--model", model, "--resolution", "16")
     return root
 
 
