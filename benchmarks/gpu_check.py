@@ -11,6 +11,8 @@ below) with random weights: speed and memory do not depend on the weights.
    optimizer steps after `--warmup` (median step time -> pairs/s) and the peak GPU memory.
    Targets: adaptive-dpo / dpo step time <= 1.4x; prefcurate dpo >= 1.5x the pairs/s of a
    straightforward loop that runs the VAE and text encoders inside every step (LoRA, both models).
+   features: each memory/speed option alone (gradient checkpointing, eager attention, fp16,
+   torch.compile, 8-bit AdamW when bitsandbytes is installed) on SD1.5 full dpo: memory and pairs/s.
 2. encode: the encode stage's functions (vae_latents, encode_prompts) on random pixels / prompts.
 3. clip: ViT-B-32 and ViT-L-14 (random weights), bf16: embed_dataset end to end (decode workers,
    forward, Arrow writes) and the bare forward on pre-decoded batches (target >= 5,000 images/s
@@ -189,7 +191,7 @@ def latent_pairs(spec: Spec, n_pairs: int):
                          pooled_dim=spec.pooled, with_u=True)
 
 
-def run_prefcurate(spec: Spec, finetune: str, method: str, args, device: str) -> dict:
+def run_prefcurate(spec: Spec, finetune: str, method: str, args, device: str, **overrides) -> dict:
     from curate.train.config import TrainConfig
     from curate.train.loop import train
 
@@ -197,10 +199,10 @@ def run_prefcurate(spec: Spec, finetune: str, method: str, args, device: str) ->
     batch, timed = spec.batch[finetune], args.warmup + args.steps
     source = TimedSource(latent_pairs(spec, batch * (timed + 2)).source(batch), timed + 1)
     with tempfile.TemporaryDirectory() as tmp:
+        settings = {"mixed_precision": "bf16", "gradient_checkpointing": spec.checkpointing[finetune], **overrides}
         cfg = TrainConfig(model=spec.name, method=method, finetune=finetune, lora_rank=8, batch_size=batch,
-                          mixed_precision="bf16", gradient_checkpointing=spec.checkpointing[finetune],
                           max_steps=timed + 1, learning_rate=1e-5, adaptive_warmup_steps=0, output_dir=tmp,
-                          progress=False, tensorboard=False, checkpoint_every=0)
+                          progress=False, tensorboard=False, checkpoint_every=0, **settings)
         reset_peak()
         try:
             train(cfg, source, components, export=False)
@@ -272,6 +274,25 @@ def training(args, device: str, log) -> list[dict]:
         reset_peak()
         rows.append(run_straightforward(spec, args, device))
         log(rows[-1])
+    return rows
+
+
+def features(args, device: str, log) -> list[dict]:
+    """The memory and speed options, one at a time, on SD1.5 full fine-tune dpo (the largest state
+    that fits every GPU): peak memory and pairs/s against the bf16 + sdpa baseline of the same run."""
+    import importlib.util
+
+    variants = {"baseline (bf16, sdpa)": {}, "gradient checkpointing": {"gradient_checkpointing": True},
+                "eager attention": {"attention": "eager"}, "fp16 + loss scaler": {"mixed_precision": "fp16"},
+                "torch.compile": {"compile": "default", "compile_backend": "eager" if args.cpu else "inductor"}}
+    if importlib.util.find_spec("bitsandbytes") is not None and not args.cpu:
+        variants["8-bit AdamW"] = {"use_8bit_adam": True}
+    spec, rows = specs(args.cpu)[0], []
+    for name, overrides in variants.items():
+        rows.append({"feature": name, **run_prefcurate(spec, "full", "dpo", args, device, **overrides)})
+        log(rows[-1])
+    if "8-bit AdamW" not in variants:
+        rows.append({"feature": "8-bit AdamW", "skipped": "bitsandbytes not installed" if not args.cpu else "CUDA only"})
     return rows
 
 
@@ -356,6 +377,13 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['model']} | {r['finetune']} | {r['method']} | {r['batch']} | {r['pairs_per_s']:.2f} | {peak} |")
     lines += ["", "| figure | value | target |", "| --- | ---: | --- |"]
     lines += [f"| {r['figure']} | {r['value']:.2f}x | {r['target']} |" for r in result["ratios"]]
+    lines += ["", "| option (SD full dpo) | pairs/s | peak GiB |", "| --- | ---: | ---: |"]
+    for r in result["features"]:
+        if "skipped" in r:
+            lines.append(f"| {r['feature']} | skipped: {r['skipped']} | |")
+        else:
+            peak = "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
+            lines.append(f"| {r['feature']} | {r['pairs_per_s']:.2f} | {peak} |")
     lines += ["", "| encode | batch | per s (bf16) |", "| --- | ---: | ---: |"]
     lines += [f"| {r['model']} {r['what']} | {r['batch']} | {r['per_s']:.1f} |" for r in result["encode"]]
     lines += ["", "| CLIP (bf16) | images | bare images/s | end to end images/s |", "| --- | ---: | ---: | ---: |"]
@@ -374,7 +402,7 @@ def parse(argv=None):
     parser.add_argument("--clip-images", type=int, default=None, help="images embedded (default 8192; --cpu 32)")
     parser.add_argument("--clip-batch", type=int, default=None, help="CLIP batch (default 512; --cpu 16)")
     parser.add_argument("--decode-workers", type=int, default=None, help="embed decode workers (default 12; --cpu 1)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "encode", "clip"], help="sections to skip")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["train", "features", "encode", "clip"], help="sections to skip")
     args = parser.parse_args(argv)
     defaults = dict(steps=(2, 20), warmup=(1, 3), repeats=(2, 10), clip_images=(32, 8192), clip_batch=(16, 512),
                     decode_workers=(1, 12))
@@ -396,10 +424,13 @@ def main(argv=None) -> dict:
                             flush=True)
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
               "mode": "cpu (tiny configs)" if args.cpu else "gpu (published configs, random weights)",
-              "steps": args.steps, "warmup": args.warmup, "train": [], "ratios": [], "encode": [], "clip": []}
+              "steps": args.steps, "warmup": args.warmup, "train": [], "ratios": [], "features": [], "encode": [],
+              "clip": []}
     if "train" not in args.skip:
         result["train"] = training(args, device, log)
         result["ratios"] = ratios(result["train"])
+    if "features" not in args.skip:
+        result["features"] = features(args, device, log)
     if "encode" not in args.skip:
         result["encode"] = encoding(args, device, log)
     if "clip" not in args.skip:

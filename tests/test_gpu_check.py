@@ -24,8 +24,12 @@ def test_gpu_check_runs_every_section_on_tiny_configs(tmp_path, monkeypatch):
     expected = {(m, f, k) for m in ("sd15-tiny", "sdxl-tiny") for f in ("lora", "full") for k in methods}
     assert runs == expected | {(m, "lora", "straightforward dpo") for m in ("sd15-tiny", "sdxl-tiny")}
     assert len(result["ratios"]) == 6 and {r["what"] for r in result["encode"]} == {"latents", "prompts"}
+    assert [r["feature"] for r in result["features"]] == ["baseline (bf16, sdpa)", "gradient checkpointing",
+                                                          "eager attention", "fp16 + loss scaler", "torch.compile",
+                                                          "8-bit AdamW"]
     assert [r["model"].split("/")[0] for r in result["clip"]] == ["domain-clip"]
-    figures = [r["pairs_per_s"] for r in result["train"]] + [r["value"] for r in result["ratios"]] + \
+    figures = [r["pairs_per_s"] for r in result["train"] + result["features"][:-1]] + \
+        [r["value"] for r in result["ratios"]] + \
         [r["per_s"] for r in result["encode"]] + [r["end_to_end_images_per_s"] for r in result["clip"]]
     assert all(math.isfinite(x) for x in figures)
     table = (tmp_path / "gpu_check.md").read_text()

@@ -49,15 +49,8 @@ def train(cfg: TrainConfig, source, components=None, *, accelerator=None, export
 
     check_runtime(cfg)
     accelerator = accelerator or make_accelerator()
-    if accelerator.gradient_accumulation_steps != 1 or accelerator.mixed_precision != "no":
-        raise ValueError("pass an Accelerator with gradient_accumulation_steps=1 and mixed_precision='no'; "
-                         "set TrainConfig.grad_accum and mixed_precision instead")
-    device, processes, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
-    world = getattr(source, "world_size", 1), getattr(source, "rank", 0), getattr(source, "grad_accum", 1)
-    if world != (processes, rank, cfg.grad_accum):
-        raise ValueError(f"the pair source is built for world_size, rank, grad_accum = {world} but this run is "
-                         f"{processes, rank, cfg.grad_accum}; build it with rank=accelerator.process_index, "
-                         "world_size=accelerator.num_processes, grad_accum=cfg.grad_accum")
+    check_world(cfg, source, accelerator)
+    device, processes = accelerator.device, accelerator.num_processes
     empty = empty_prompt(cfg, source, device)
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
@@ -88,19 +81,8 @@ def train(cfg: TrainConfig, source, components=None, *, accelerator=None, export
     batches = iter(source)
     try:
         while step < cfg.max_steps:
-            started, parts, lr = time.perf_counter(), [], model.optimizer.param_groups[0]["lr"]
-            for micro in range(cfg.grad_accum):
-                batch = next(batches).to(device)
-                gen = noise_generator(cfg.seed, step + skipped, micro * processes + rank)
-                # Gradients are all-reduced once per optimizer step, on its last micro-batch.
-                with nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model.unet):
-                    with model.precision.autocast():
-                        o = pair_step(cfg, model.policy, model.bare, model.reference, model.annotators, scheduler,
-                                      batch, gen, adaptive_on=step >= cfg.adaptive_warmup_steps,
-                                      empty_prompt=empty)
-                    _check_finite(o, step, micro, batch, out)
-                    accelerator.backward(model.precision.scale(o.loss / cfg.grad_accum))
-                parts.append(o)
+            started, lr = time.perf_counter(), model.optimizer.param_groups[0]["lr"]
+            parts = accumulate_gradients(cfg, accelerator, model, scheduler, batches, step, skipped, empty, out)
             grad_norm, was_skipped = apply_gradients(cfg, accelerator, model)
             if was_skipped:  # fp16 overflow: nothing moved, so neither do the schedule, the EMAs or the count
                 skipped += 1
@@ -128,6 +110,35 @@ def train(cfg: TrainConfig, source, components=None, *, accelerator=None, export
         log.close()
     result.step, result.skipped_steps = step, skipped
     return result
+
+
+def accumulate_gradients(cfg, accelerator, model, scheduler, batches, step: int, skipped: int, empty, out: Path):
+    """Forward and backward of one optimizer step's micro-batches; their StepOutputs."""
+    processes, rank, parts = accelerator.num_processes, accelerator.process_index, []
+    for micro in range(cfg.grad_accum):
+        batch = next(batches).to(accelerator.device)
+        gen = noise_generator(cfg.seed, step + skipped, micro * processes + rank)
+        # Gradients are all-reduced once per optimizer step, on its last micro-batch.
+        with nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model.unet):
+            with model.precision.autocast():
+                o = pair_step(cfg, model.policy, model.bare, model.reference, model.annotators, scheduler, batch, gen,
+                              adaptive_on=step >= cfg.adaptive_warmup_steps, empty_prompt=empty)
+            _check_finite(o, step, micro, batch, out)
+            accelerator.backward(model.precision.scale(o.loss / cfg.grad_accum))
+        parts.append(o)
+    return parts
+
+
+def check_world(cfg, source, accelerator) -> None:
+    if accelerator.gradient_accumulation_steps != 1 or accelerator.mixed_precision != "no":
+        raise ValueError("pass an Accelerator with gradient_accumulation_steps=1 and mixed_precision='no'; "
+                         "set TrainConfig.grad_accum and mixed_precision instead")
+    world = getattr(source, "world_size", 1), getattr(source, "rank", 0), getattr(source, "grad_accum", 1)
+    here = accelerator.num_processes, accelerator.process_index, cfg.grad_accum
+    if world != here:
+        raise ValueError(f"the pair source is built for world_size, rank, grad_accum = {world} but this run is "
+                         f"{here}; build it with rank=accelerator.process_index, "
+                         "world_size=accelerator.num_processes, grad_accum=cfg.grad_accum")
 
 
 def empty_prompt(cfg, source, device="cpu"):
