@@ -97,15 +97,18 @@ def test_fp16_skipped_steps_advance_nothing_and_a_resumed_run_continues_the_curv
     assert straight.skipped_steps > 0 and [r["step"] for r in straight.history] == list(range(1, 7))
     skips = [json.loads(x) for x in (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert sum(r.get("event") == "skipped_step" for r in skips) == straight.skipped_steps
-    # The lr schedule moved once per applied step: linear decay from 1e-3 over 6 steps.
+    # The lr schedule moved once per applied step (linear decay from 1e-3 over 6 steps), the EMAs too.
     assert [r["lr"] for r in straight.history] == pytest.approx([1e-3 * (6 - s) / 6 for s in range(6)])
+    from curate.train.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "a" / "run" / "checkpoint-00000006")["ema"]["updates"] == 6
 
     killed_at = 3 + straight.history[2]["skipped_steps"] + 2  # batches: 3 steps, their skips, 2 of step 4
     with pytest.raises(Interrupt):
         train(config(tmp_path / "b", **kw), StopAfter(data.source(4), killed_at), tiny_sd15(), export=False)
     resumed = train(config(tmp_path / "b", **kw), data.source(4), tiny_sd15(), export=False)
     for a, b in zip(straight.history[3:], resumed.history):
-        for key in ("loss", "h_mean", "lr", "skipped_steps", "grad_norm"):
+        for key in ("loss", "h_mean", "u_mean", "lr", "skipped_steps", "grad_norm"):
             assert a[key] == pytest.approx(b[key], abs=1e-6, rel=1e-6), (key, a, b)
     # The resumed log reads like the uninterrupted one: every step once, in order.
     log = [json.loads(x) for x in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -163,7 +163,9 @@ def train(
     revision: Annotated[Optional[str], typer.Option(help="Hub revision of --model.")] = None,
     finetune: Annotated[Finetune, typer.Option(help="lora (reference = adapters off) or full (frozen "
                         "copy).")] = Finetune.lora,
-    lora_rank: Annotated[int, typer.Option(min=1, help="LoRA rank (lora_alpha = rank: scale 1).")] = 8,
+    lora_rank: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 8,
+    lora_alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha (scale alpha / rank; default: the rank). "
+                          "Saved with the adapter, so it reloads at the same scale.")] = None,
     learning_rate: Annotated[float, typer.Option("--lr", help="AdamW learning rate (> 0).")] = 1e-5,
     lr_scheduler: Annotated[LrScheduler, typer.Option(help="diffusers.optimization.get_scheduler "
                             "schedule.")] = LrScheduler.constant_with_warmup,
@@ -223,7 +225,7 @@ def train(
 
     try:
         cfg = TrainConfig(model=model, revision=revision, output_dir=str(output_dir), method=method.value,
-                          loss=loss.value, beta=beta, finetune=finetune.value, lora_rank=lora_rank,
+                          loss=loss.value, beta=beta, finetune=finetune.value, lora_rank=lora_rank, lora_alpha=lora_alpha,
                           learning_rate=learning_rate, lr_scheduler=lr_scheduler.value,
                           lr_warmup_steps=lr_warmup_steps, max_steps=max_steps, batch_size=batch_size,
                           grad_accum=grad_accum, mixed_precision=mixed_precision.value,
@@ -270,10 +272,10 @@ def sample(
     tuned: Annotated[Optional[Path], typer.Option(help="Full fine-tuned pipeline folder (train's final/).",
                                                   exists=True, file_okay=False)] = None,
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="Repeatable.")] = None,
-    steps: Annotated[int, typer.Option(min=1)] = 25,
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps per image.")] = 25,
     size: Annotated[Optional[int], typer.Option(help="Image side in pixels (default: the model's).")] = None,
-    guidance_scale: Annotated[float, typer.Option()] = 5.0,
-    seed: Annotated[int, typer.Option()] = 0,
+    guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 5.0,
+    seed: Annotated[int, typer.Option(help="Seed of column i is seed + i, the same in both rows.")] = 0,
 ) -> None:
     """Render the same prompts and seeds from the base and the tuned model, side by side."""
     from curate.train.models import load_components
