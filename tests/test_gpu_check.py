@@ -10,12 +10,34 @@ import pytest
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
-def test_gpu_check_runs_every_section_on_tiny_configs(tmp_path, monkeypatch):
+@pytest.fixture
+def gpu_check(monkeypatch):
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
     spec = importlib.util.spec_from_file_location("gpu_check", path)
-    gpu_check = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # its dataclasses look their module up
-    spec.loader.exec_module(gpu_check)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", module)  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_published_configs_build_the_published_models(gpu_check):
+    """On the meta device (no memory): SD1.5's UNet has 859.5M parameters, SDXL's 2567.5M, and both
+    take the conditioning the check feeds them."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    for sdxl, millions, side, width in ((False, 859.5, 64, 768), (True, 2567.5, 128, 2048)):
+        with torch.device("meta"):
+            unet = UNet2DConditionModel(**(gpu_check.SDXL_UNET if sdxl else gpu_check.SD15_UNET))
+        assert round(sum(p.numel() for p in unet.parameters()) / 1e6, 1) == millions
+        kw = {"added_cond_kwargs": {"text_embeds": torch.empty(1, 1280, device="meta"),
+                                    "time_ids": torch.empty(1, 6, device="meta")}} if sdxl else {}
+        out = unet(torch.empty(1, 4, side, side, device="meta"), torch.tensor([1], device="meta"),
+                     encoder_hidden_states=torch.empty(1, 77, width, device="meta"), **kw).sample
+        assert out.shape == (1, 4, side, side)
+
+
+def test_gpu_check_runs_every_section_on_tiny_configs(tmp_path, gpu_check):
     gpu_check.main(["--cpu", "--out", str(tmp_path)])
 
     result = json.loads((tmp_path / "gpu_check.json").read_text())
