@@ -198,7 +198,7 @@ class StopAfter:
     """Wraps a source and raises after n batches: a run killed between checkpoints."""
 
     def __init__(self, inner, n):
-        self.inner, self.n, self.dropped = inner, n, inner.dropped
+        self.inner, self.n, self.dropped, self.grad_accum = inner, n, inner.dropped, inner.grad_accum
 
     def __iter__(self):
         for i, batch in enumerate(self.inner):
@@ -219,10 +219,11 @@ def test_resume_continues_the_same_loss_curve(tmp_path, finetune, method, steps,
     half = steps // 2
     kw = dict(method=method, finetune=finetune, max_steps=steps, grad_accum=accum, checkpoint_every=half,
               lr_scheduler="cosine", lr_warmup_steps=2, adaptive_warmup_steps=2)
-    straight = train(config(tmp_path / "a", **kw), data.source(4), tiny_sd15(), export=False)
+    straight = train(config(tmp_path / "a", **kw), data.source(4, grad_accum=accum), tiny_sd15(), export=False)
     with pytest.raises(Interrupt):  # dies while fetching the first batch after the checkpoint
-        train(config(tmp_path / "b", **kw), StopAfter(data.source(4), half * accum), tiny_sd15(), export=False)
-    resumed = train(config(tmp_path / "b", **kw), data.source(4), tiny_sd15(), export=False)
+        train(config(tmp_path / "b", **kw), StopAfter(data.source(4, grad_accum=accum), half * accum), tiny_sd15(),
+              export=False)
+    resumed = train(config(tmp_path / "b", **kw), data.source(4, grad_accum=accum), tiny_sd15(), export=False)
     assert [r["step"] for r in resumed.history] == list(range(half + 1, steps + 1))
     assert len(straight.history) == steps
     for a, b in zip(straight.history[half:], resumed.history):
