@@ -264,15 +264,27 @@ def run_straightforward(spec: Spec, args, device: str) -> dict:
             "pairs_per_s": step_rate(stamps, args.warmup, batch), "peak_gib": peak_gib()}
 
 
+def guarded(run, **row) -> dict:
+    """run(), or `row` with the error when the GPU runs out of memory: one run that does not fit
+    (SDXL full fine-tune on an 80 GB card, say) must not cost the session the other figures."""
+    try:
+        return run()
+    except torch.OutOfMemoryError:
+        return {**row, "error": "out of memory", "pairs_per_s": float("nan"), "peak_gib": peak_gib()}
+    finally:
+        reset_peak()
+
+
 def training(args, device: str, log) -> list[dict]:
     rows = []
     for spec in specs(args.cpu):
         for finetune in ("lora", "full"):
             for method in METHODS:
-                rows.append(run_prefcurate(spec, finetune, method, args, device))
+                rows.append(guarded(lambda: run_prefcurate(spec, finetune, method, args, device), model=spec.name,
+                                    finetune=finetune, method=method, batch=spec.batch[finetune]))
                 log(rows[-1])
-        reset_peak()
-        rows.append(run_straightforward(spec, args, device))
+        rows.append(guarded(lambda: run_straightforward(spec, args, device), model=spec.name, finetune="lora",
+                            method="straightforward dpo", batch=spec.batch["lora"]))
         log(rows[-1])
     return rows
 
@@ -289,7 +301,9 @@ def features(args, device: str, log) -> list[dict]:
         variants["8-bit AdamW"] = {"use_8bit_adam": True}
     spec, rows = specs(args.cpu)[0], []
     for name, overrides in variants.items():
-        rows.append({"feature": name, **run_prefcurate(spec, "full", "dpo", args, device, **overrides)})
+        rows.append({"feature": name, **guarded(lambda: run_prefcurate(spec, "full", "dpo", args, device, **overrides),
+                                                model=spec.name, finetune="full", method="dpo",
+                                                batch=spec.batch["full"])})
         log(rows[-1])
     if "8-bit AdamW" not in variants:
         rows.append({"feature": "8-bit AdamW", "skipped": "bitsandbytes not installed" if not args.cpu else "CUDA only"})
@@ -368,13 +382,23 @@ def clip_embedding(args, device: str, log) -> list[dict]:
 
 
 # ---------------------------------------------------------------- report
+def rate_and_peak(row: dict) -> str:
+    peak = "n/a" if row["peak_gib"] is None else f"{row['peak_gib']:.1f}"
+    return f"{row.get('error') or format(row['pairs_per_s'], '.2f')} | {peak}"
+
+
+def save(out: Path, result: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu_check.json").write_text(json.dumps(result, indent=2))
+    (out / "gpu_check.md").write_text(markdown(result))
+
+
 def markdown(result: dict) -> str:
     lines = [f"# GPU check: {result['device']}", "", f"torch {result['torch']}, mode {result['mode']}, "
              f"{result['steps']} timed steps after {result['warmup']} warm-up", "",
              "| model | finetune | method | batch | pairs/s | peak GiB |", "| --- | --- | --- | ---: | ---: | ---: |"]
     for r in result["train"]:
-        peak = "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
-        lines.append(f"| {r['model']} | {r['finetune']} | {r['method']} | {r['batch']} | {r['pairs_per_s']:.2f} | {peak} |")
+        lines.append(f"| {r['model']} | {r['finetune']} | {r['method']} | {r['batch']} | {rate_and_peak(r)} |")
     lines += ["", "| figure | value | target |", "| --- | ---: | --- |"]
     lines += [f"| {r['figure']} | {r['value']:.2f}x | {r['target']} |" for r in result["ratios"]]
     lines += ["", "| option (SD full dpo) | pairs/s | peak GiB |", "| --- | ---: | ---: |"]
@@ -382,8 +406,7 @@ def markdown(result: dict) -> str:
         if "skipped" in r:
             lines.append(f"| {r['feature']} | skipped: {r['skipped']} | |")
         else:
-            peak = "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.1f}"
-            lines.append(f"| {r['feature']} | {r['pairs_per_s']:.2f} | {peak} |")
+            lines.append(f"| {r['feature']} | {rate_and_peak(r)} |")
     lines += ["", "| encode | batch | per s (bf16) |", "| --- | ---: | ---: |"]
     lines += [f"| {r['model']} {r['what']} | {r['batch']} | {r['per_s']:.1f} |" for r in result["encode"]]
     lines += ["", "| CLIP (bf16) | images | bare images/s | end to end images/s |", "| --- | ---: | ---: | ---: |"]
@@ -426,19 +449,13 @@ def main(argv=None) -> dict:
               "mode": "cpu (tiny configs)" if args.cpu else "gpu (published configs, random weights)",
               "steps": args.steps, "warmup": args.warmup, "train": [], "ratios": [], "features": [], "encode": [],
               "clip": []}
-    if "train" not in args.skip:
-        result["train"] = training(args, device, log)
-        result["ratios"] = ratios(result["train"])
-    if "features" not in args.skip:
-        result["features"] = features(args, device, log)
-    if "encode" not in args.skip:
-        result["encode"] = encoding(args, device, log)
-    if "clip" not in args.skip:
-        result["clip"] = clip_embedding(args, device, log)
-    result["seconds"] = time.perf_counter() - started
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2))
-    (args.out / "gpu_check.md").write_text(markdown(result))
+    sections = {"train": training, "features": features, "encode": encoding, "clip": clip_embedding}
+    for name, section in sections.items():
+        if name not in args.skip:
+            result[name] = section(args, device, log)
+            result["ratios"] = ratios(result["train"])
+            result["seconds"] = time.perf_counter() - started
+            save(args.out, result)  # after each section: a session cut short keeps what it measured
     print(markdown(result))
     return result
 
