@@ -10,25 +10,17 @@ import polars as pl
 import pyarrow.compute as pc
 import pytest
 import torch
-from typer.testing import CliRunner
+from train_data import cli, ingested_world, runner
 
 from curate import schema as schemas
 from curate.cli import app
 from curate.dataset import Dataset, read_shard, write_shard
 from curate.verify import commit_files
-from curate.synth.world import WorldConfig, build_world
 from curate.train.dataset_source import DataSelectionError, DatasetPairSource, Selection
 from curate.train.encode import committed_files, encode_dataset, encoder_key, load_encoders
 from curate.train.models import tiny_sd15, tiny_sdxl
 
-runner = CliRunner()
 RES = "16"  # 32 px synthetic images -> 16 px crops -> 4 x 8 x 8 latents through the tiny VAE
-
-
-def cli(*args: str) -> str:
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 def count(output: str, label: str) -> int:
@@ -47,10 +39,7 @@ def one_thread():
 def world(tmp_path_factory):
     """Ingested synthetic dataset, a tiny SD1.5 folder, and the outputs of three encode runs."""
     root = tmp_path_factory.mktemp("encode")
-    build_world(root, WorldConfig(pairs=60, seed=1, image_size=32, formats=("pickapic",)))
-    cli("ingest", str(root / "pickapic"), "-f", "pickapic", "-o", str(root / "ds"))
-    tiny_sd15().save_pretrained(root / "sd15")
-    ds, model = str(root / "ds"), str(root / "sd15")
+    ds, model = ingested_world(root, pairs=60, seed=1)
     runs = [cli("encode", ds, "--model", model, "--resolution", RES, "--batch-size", "8"),
             cli("encode", ds, "--model", model, "--resolution", RES, "--flip"),
             cli("encode", ds, "--model", model, "--resolution", RES, "--flip")]
@@ -62,8 +51,11 @@ def tables(ds: str, table: str) -> pl.DataFrame:
 
 
 def trained_ids(ds: str) -> tuple[set[str], set[str]]:
+    """Images and prompts encode must encode: those of non-tie pairs, and the empty prompt (prompt dropout)."""
+    from curate.ids import prompt_id
+
     pairs = tables(ds, "pairs").filter(pl.col("label") != "tie")
-    return set(pairs["image_a_id"]) | set(pairs["image_b_id"]), set(pairs["prompt_id"])
+    return set(pairs["image_a_id"]) | set(pairs["image_b_id"]), set(pairs["prompt_id"]) | {prompt_id("")}
 
 
 def test_encode_writes_keyed_tables_once_then_only_what_is_new(world):
@@ -213,6 +205,8 @@ def test_sdxl_encodings_give_pooled_embeddings_and_time_ids(world):
     # (original h, w, crop top, left, target h, w): 32 px images resized to 16 need no crop.
     assert batch.time_ids.tolist() == [[32.0, 32.0, 0.0, 0.0, 16.0, 16.0]] * 4
     assert np.isfinite(batch.pooled.numpy()).all()
+    source = DatasetPairSource(world["ds"], summary.key, 4, selection=Selection(need_u=False))
+    assert source.empty_prompt[0].shape == (16, 32) and source.empty_prompt[1].shape == (16,)
 
     # Interrupt it after the fact: no manifest and one shard unfinished. --resume redoes that shard only.
     run = Dataset(world["ds"]).run_dir(f"encode-{summary.key.replace(':', '-')}-g001")
@@ -225,6 +219,12 @@ def test_sdxl_encodings_give_pooled_embeddings_and_time_ids(world):
     assert resumed.generation == 1 and resumed.kept_shards == 1 and resumed.stats["latents_encoded"] == len(trained_ids(world["ds"])[0])
     assert all(mine(t).equals(frame) for t, frame in before.items())  # the same rows, the same bytes
 
+    # Flipped pairs: the crop left in the time ids is mirrored (diffusers' SDXL script: 16 - 0), the rest kept.
+    encode_dataset(world["ds"], str(folder), resolution=16, batch_size=8, flip=True)
+    it = iter(DatasetPairSource(world["ds"], summary.key, 4, flip=True, seed=3))
+    lefts = [row[3] for _ in range(4) for row in next(it).time_ids.tolist()]
+    assert set(lefts) == {0.0, 16.0}
+
 
 def test_minority_weight_multiplies_each_pairs_loss(world, tmp_path):
     ds, model = world["ds"], world["model"]
@@ -232,7 +232,14 @@ def test_minority_weight_multiplies_each_pairs_loss(world, tmp_path):
     cli("flag", ds)
     run = tmp_path / "weighted"
     cli("train", ds, "--model", model, "--output-dir", str(run), "--method", "dpo", "--minority", "weight",
-        "--max-steps", "2", "--batch-size", "4", "--lora-rank", "4", "--checkpoint-every", "0")
+        "--max-steps", "2", "--batch-size", "4", "--lora-rank", "4", "--checkpoint-every", "0",
+        "--prompt-dropout", "0.5")  # the empty prompt's embedding is in the dataset: encode stored it
     steps = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     weights = [s["w_mean"] for s in steps if "w_mean" in s]
     assert weights and all(0 < w <= 1 for w in weights)  # pair_scores.weight reached the loss
+    # Health metrics: each pair's W, split by the flag pair_scores gives it.
+    scores = tables(ds, "pair_scores")
+    by_flag = {flag: {round(w, 4) for w in scores.filter(pl.col("is_minority") == flag)["weight"]} for flag in (True, False)}
+    logged = [s for s in steps if "loss" in s]
+    assert all(len(s["w_flagged"]) + len(s["w_kept"]) == 4 for s in logged)
+    assert all(set(s["w_flagged"]) <= by_flag[True] and set(s["w_kept"]) <= by_flag[False] for s in logged)

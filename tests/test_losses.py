@@ -33,9 +33,12 @@ def test_hinge():
     close(preference_loss(H, "hinge", BETA), [0.0, 1.4, 1.0])
 
 
-def test_ipo_default_tau_is_beta_and_explicit_tau():
+def test_ipo_default_tau_is_the_authors_100_and_explicit_tau():
+    # tau = 100 (Adaptive-DPO's IPO beta): 1/(2 tau) = 0.005; (0.001-0.005)^2 = 1.6e-5,
+    # (-0.0004-0.005)^2 = 2.916e-5, (0-0.005)^2 = 2.5e-5
+    close(preference_loss(H, "ipo", BETA), [1.6e-5, 2.916e-5, 2.5e-5], tol=1e-12)
     # tau = beta = 1000: 1/(2 tau) = 0.0005; (0.001-0.0005)^2 = 2.5e-7, (-0.0004-0.0005)^2 = 8.1e-7, (0-0.0005)^2 = 2.5e-7
-    close(preference_loss(H, "ipo", BETA), [2.5e-7, 8.1e-7, 2.5e-7], tol=1e-15)
+    close(preference_loss(H, "ipo", BETA, ipo_tau=BETA), [2.5e-7, 8.1e-7, 2.5e-7], tol=1e-15)
     # tau = 250: 1/(2 tau) = 0.002; (0.001 - 0.002)^2 = 1e-6
     close(preference_loss(H[:1], "ipo", BETA, ipo_tau=250.0), [1e-6], tol=1e-15)
 
@@ -63,7 +66,8 @@ def test_adaptive_sigmoid_and_ipo_forms():
     close(preference_loss(h, "dpo", BETA, weights=w, margin=g), [0.021169573794926302, 0.6936473055599401], tol=1e-7)
     # IPO form, tau = beta: W (h + G/beta - 1/(2 tau))^2
     #   (1/6) (0.002 + 0.00000075 - 0.0005)^2 = (1/6) 0.00150075^2 = 3.7537509e-7;  (0 + 0.000001 - 0.0005)^2 = 2.49001e-7
-    close(preference_loss(h, "ipo", BETA, weights=w, margin=g), [3.7537509375e-07, 2.49001e-07], tol=1e-12)
+    close(preference_loss(h, "ipo", BETA, weights=w, margin=g, ipo_tau=BETA), [3.7537509375e-07, 2.49001e-07],
+          tol=1e-12)
 
 
 def test_u_zero_gives_unit_weights_and_mean_margin():

@@ -12,10 +12,11 @@ from curate.train.config import TrainConfig  # noqa: E402
 from curate.train.data import encode_pairs  # noqa: E402
 from curate.train.ema import EMAAnnotators  # noqa: E402
 from curate.train.evaluate import evaluate_pairs  # noqa: E402
-from curate.train.loop import NonFiniteLoss, minority_scores, pair_step, train  # noqa: E402
+from curate.train.loop import NonFiniteLoss, train  # noqa: E402
 from curate.train.margins import noised_pair  # noqa: E402
 from curate.train.models import load_components, tiny_sd15, tiny_sdxl  # noqa: E402
 from curate.train.setup import prepare_policy, trainable_parameters  # noqa: E402
+from curate.train.step import minority_scores, pair_step  # noqa: E402
 from curate.train.synthetic import pattern_pairs  # noqa: E402
 
 LATENT = (4, 8, 8)  # 16 x 16 px through the tiny VAE (factor 2)
@@ -197,7 +198,7 @@ class StopAfter:
     """Wraps a source and raises after n batches: a run killed between checkpoints."""
 
     def __init__(self, inner, n):
-        self.inner, self.n, self.dropped = inner, n, inner.dropped
+        self.inner, self.n, self.dropped, self.grad_accum = inner, n, inner.dropped, inner.grad_accum
 
     def __iter__(self):
         for i, batch in enumerate(self.inner):
@@ -218,10 +219,11 @@ def test_resume_continues_the_same_loss_curve(tmp_path, finetune, method, steps,
     half = steps // 2
     kw = dict(method=method, finetune=finetune, max_steps=steps, grad_accum=accum, checkpoint_every=half,
               lr_scheduler="cosine", lr_warmup_steps=2, adaptive_warmup_steps=2)
-    straight = train(config(tmp_path / "a", **kw), data.source(4), tiny_sd15(), export=False)
+    straight = train(config(tmp_path / "a", **kw), data.source(4, grad_accum=accum), tiny_sd15(), export=False)
     with pytest.raises(Interrupt):  # dies while fetching the first batch after the checkpoint
-        train(config(tmp_path / "b", **kw), StopAfter(data.source(4), half * accum), tiny_sd15(), export=False)
-    resumed = train(config(tmp_path / "b", **kw), data.source(4), tiny_sd15(), export=False)
+        train(config(tmp_path / "b", **kw), StopAfter(data.source(4, grad_accum=accum), half * accum), tiny_sd15(),
+              export=False)
+    resumed = train(config(tmp_path / "b", **kw), data.source(4, grad_accum=accum), tiny_sd15(), export=False)
     assert [r["step"] for r in resumed.history] == list(range(half + 1, steps + 1))
     assert len(straight.history) == steps
     for a, b in zip(straight.history[half:], resumed.history):
@@ -296,7 +298,12 @@ def test_encode_pairs_runs_vae_and_text_encoders_once_with_a_shared_flip():
         batch = next(iter(source))
         assert batch.text_emb.shape == (2, 16, text_width)
         if components.is_sdxl:
-            assert batch.pooled.shape == (2, 16) and batch.time_ids.tolist()[0] == [20.0, 24.0, 0.0, 2.0, 16.0, 16.0]
+            assert batch.pooled.shape == (2, 16) and enc.empty_prompt[1].shape == (16,)
+            for pid, time_ids in zip(batch.pair_ids, batch.time_ids.tolist()):
+                # A flipped pair's crop left is mirrored as diffusers' SDXL script does: 16 - 2.
+                left = 14.0 if flips[pid] else 2.0
+                assert time_ids == [20.0, 24.0, 0.0, left, 16.0, 16.0]
+        assert enc.empty_prompt[0].shape == (16, text_width)
 
 
 def test_config_errors_name_the_value_and_choices():
@@ -316,13 +323,32 @@ def test_offline_hub_id_error_is_clear(monkeypatch):
         load_components("prefcurate-test/not-a-model")
 
 
-def test_cli_train_refuses_a_bad_config_before_reading_any_data(tmp_path):
+@pytest.mark.parametrize("args,message", [
+    (["--method", "adaptive-dpo", "--loss", "hinge"], "not loss='hinge'"),
+    (["--lr", "-1"], "learning_rate must be > 0, got -1.0"),
+    (["--lr-scheduler", "cosin"], "'cosin' is not one of 'linear', 'cosine', 'cosine_with_restarts'"),
+    (["--method", "adaptive-offline", "--minority", "weight"], "the same W again"),
+    (["--use-8bit-adam"], "needs bitsandbytes"),
+])
+def test_cli_train_refuses_a_bad_config_before_reading_any_data(tmp_path, args, message):
     # Training from a dataset, and `prefcurate sample` on its LoRA, run end to end in tests/test_encode.py.
+    import importlib.util
+
     from typer.testing import CliRunner
 
     from curate.cli import app
 
+    if "--use-8bit-adam" in args and importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed here")
     res = CliRunner().invoke(app, ["train", str(tmp_path), "--model", "unused", "--output-dir", str(tmp_path / "run"),
-                                   "--method", "adaptive-dpo", "--loss", "hinge"])
-    assert res.exit_code == 2 and "not loss='hinge'" in res.output
+                                   *args])
+    assert res.exit_code == 2 and message in " ".join(res.output.replace("│", " ").split()), res.output
     assert not (tmp_path / "run").exists()
+
+
+def test_the_cli_lists_diffusers_lr_schedules():
+    from diffusers.optimization import SchedulerType
+
+    from curate.train.config import LR_SCHEDULERS
+
+    assert LR_SCHEDULERS == tuple(s.value for s in SchedulerType)

@@ -9,6 +9,8 @@ import typer
 
 from curate.cli.common import (DatasetArg, Device, Precision, ExecutorName, ExecutorOpt, ResumeOpt, SchedulerOpt, WorkersOpt, fail,
                                print_counts)
+# Only tuples of names (curate.train.config imports nothing heavy), so --help lists the choices.
+from curate.train.config import ATTENTION, COMPILE, LR_SCHEDULERS
 
 
 class Method(str, Enum):
@@ -54,6 +56,13 @@ class Minority(str, Enum):
 class Missing(str, Enum):
     error = "error"
     drop = "drop"
+
+
+LrScheduler = Enum("LrScheduler", {name: name for name in LR_SCHEDULERS}, type=str)  # diffusers' SchedulerType
+
+
+Attention = Enum("Attention", {name: name for name in ATTENTION}, type=str)
+Compile = Enum("Compile", {name.replace("-", "_"): name for name in COMPILE}, type=str)
 
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Hub id or local diffusers folder (SD 1.x/2.x or SDXL). "
@@ -142,7 +151,8 @@ def train(
     filtered: Annotated[Filtered, typer.Option(help="drop: leave out pairs the filters table removed (keep = "
                         "false); keep: train them. Without a filters table nothing is filtered.")] = Filtered.drop,
     minority: Annotated[Minority, typer.Option(help="Pairs flagged in pair_scores: keep, drop, or weight (per-pair "
-                        "pair_scores.weight multiplies each pair's loss).")] = Minority.keep,
+                        "pair_scores.weight multiplies each pair's loss; refused with adaptive-offline, whose "
+                        "W from pair_scores.u is the same weight).")] = Minority.keep,
     missing_latents: Annotated[Missing, typer.Option(help="Pairs without latents or text embeddings: error (names "
                                "the encode command) or drop (counted).")] = Missing.error,
     resolution: Annotated[Optional[int], typer.Option(help="Latent resolution to train on (default: the only one "
@@ -153,31 +163,53 @@ def train(
     revision: Annotated[Optional[str], typer.Option(help="Hub revision of --model.")] = None,
     finetune: Annotated[Finetune, typer.Option(help="lora (reference = adapters off) or full (frozen "
                         "copy).")] = Finetune.lora,
-    lora_rank: Annotated[int, typer.Option(min=1)] = 8,
-    learning_rate: Annotated[float, typer.Option("--lr")] = 1e-5,
-    lr_scheduler: Annotated[str, typer.Option(help="A diffusers.optimization.get_scheduler "
-                            "name.")] = "constant_with_warmup",
-    lr_warmup_steps: Annotated[int, typer.Option(min=0)] = 0,
+    lora_rank: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 8,
+    lora_alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha (scale alpha / rank; default: the rank). "
+                          "Saved with the adapter, so it reloads at the same scale.")] = None,
+    learning_rate: Annotated[float, typer.Option("--lr", help="AdamW learning rate (> 0).")] = 1e-5,
+    lr_scheduler: Annotated[LrScheduler, typer.Option(help="diffusers.optimization.get_scheduler "
+                            "schedule.")] = LrScheduler.constant_with_warmup,
+    lr_warmup_steps: Annotated[int, typer.Option(min=0, help="Optimizer steps of lr warm-up.")] = 0,
     max_steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 2000,
     batch_size: Annotated[int, typer.Option(min=1, help="Pairs per device per micro-batch.")] = 16,
-    grad_accum: Annotated[int, typer.Option(min=1)] = 1,
-    mixed_precision: Annotated[MixedPrecision, typer.Option()] = MixedPrecision.no,
-    gradient_checkpointing: Annotated[bool, typer.Option()] = False,
-    use_8bit_adam: Annotated[bool, typer.Option("--use-8bit-adam", help="bitsandbytes AdamW8bit.")] = False,
+    grad_accum: Annotated[int, typer.Option(min=1, help="Micro-batches per optimizer step. A resumed run may "
+                          "change it if batch size x grad accum x processes stays the same.")] = 1,
+    mixed_precision: Annotated[MixedPrecision, typer.Option(help="Autocast dtype; frozen weights (LoRA base, "
+                               "reference) are loaded in it, trainable ones stay fp32. fp16 adds a loss scaler "
+                               "(checkpointed; a step it skips advances nothing).")] = MixedPrecision.no,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute the policy UNet's activations in "
+                                      "backward: less memory, about a third more time.")] = False,
+    attention: Annotated[Attention, typer.Option(help="sdpa: torch scaled_dot_product_attention (fused "
+                         "kernels on GPU); eager: plain matmuls.")] = Attention.sdpa,
+    tf32: Annotated[bool, typer.Option("--tf32/--no-tf32", help="TF32 matmuls and convolutions on GPUs that "
+                    "have them (Ampere and later).")] = True,
+    torch_compile: Annotated[Compile, typer.Option("--compile", help="torch.compile mode for the policy forward (no: eager). "
+                       "The first steps are slow while it compiles.")] = Compile.no,
+    use_8bit_adam: Annotated[bool, typer.Option("--use-8bit-adam", help="bitsandbytes AdamW8bit (pip install "
+                             "bitsandbytes; CUDA).")] = False,
     label_smoothing: Annotated[float, typer.Option(help="eps for cdpo / rdpo.")] = 0.0,
+    ipo_tau: Annotated[float, typer.Option(help="--loss ipo: (h - 1/(2 tau))^2. Default 100, the Adaptive-DPO "
+                       "authors' IPO beta (their config.py).")] = 100.0,
+    prompt_dropout: Annotated[float, typer.Option(min=0.0, max=0.99, help="Probability that a pair (both images) "
+                              "trains on the empty prompt, as Salesforce's DiffusionDPO does with 0.2. Needs the "
+                              "empty prompt's embedding, which `prefcurate encode` stores.")] = 0.0,
     rho: Annotated[float, typer.Option(help="Adaptive-DPO scale of the normalised margins.")] = 15.0,
     weight_k: Annotated[float, typer.Option(help="Adaptive-DPO weight W = 1 / (k u + c): k.")] = 10.0,
     weight_c: Annotated[float, typer.Option(help="Adaptive-DPO weight W = 1 / (k u + c): c.")] = 1.0,
-    adaptive_warmup_steps: Annotated[int, typer.Option(min=0, help="adaptive-dpo: steps with u = 0 while the "
-                                     "EMA annotators warm up.")] = 100,
-    checkpoint_every: Annotated[int, typer.Option(min=0)] = 500,
+    adaptive_warmup_steps: Annotated[int, typer.Option(min=0, help="adaptive-dpo: optimizer steps with u = 0 "
+                                     "while the EMA annotators warm up; 2, as the authors' code "
+                                     "(ema_warmup_steps).")] = 2,
+    checkpoint_every: Annotated[int, typer.Option(min=0, help="Optimizer steps between checkpoints (0: only "
+                                "at the end).")] = 500,
     seed: Annotated[int, typer.Option(help="Seeds LoRA init, noise, timesteps, pair order and flips.")] = 0,
 ) -> None:
     """Train a LoRA or a full UNet with Diffusion-DPO or Adaptive-DPO on a curated dataset.
 
     Reads the pairs with their latents and text embeddings (run `prefcurate encode` first with the
     same --model), leaves out ties, filtered and (optionally) minority pairs as the options say,
-    and prints how many pairs each reason removed before training starts.
+    and prints how many pairs each reason removed before training starts. Every option is checked
+    before any data is read. Several processes: `accelerate launch --num_processes N -m curate.cli
+    train ...` or `torchrun --nproc_per_node N -m curate.cli train ...` (only the main one writes).
     """
     from curate.dataset import DatasetError, write_json_atomic
     from curate.train.checkpoint import latest_checkpoint
@@ -185,40 +217,47 @@ def train(
     from curate.train.dataset_source import DatasetPairSource, Selection
     from curate.train.encode import encoder_key
     from curate.train.loop import NonFiniteLoss
+    from curate.train.loop import empty_prompt
     from curate.train.loop import train as run_training
-    from curate.train.models import load_components
+    from curate.train.models import load_components, unet_dtype
+    from curate.train.setup import check_runtime, make_accelerator
+    from curate.train.step import DOUBLE_WEIGHT
 
     try:
         cfg = TrainConfig(model=model, revision=revision, output_dir=str(output_dir), method=method.value,
-                          loss=loss.value, beta=beta, finetune=finetune.value, lora_rank=lora_rank,
-                          learning_rate=learning_rate, lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps,
-                          max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
-                          mixed_precision=mixed_precision.value, gradient_checkpointing=gradient_checkpointing,
-                          use_8bit_adam=use_8bit_adam, label_smoothing=label_smoothing, rho=rho, weight_k=weight_k,
+                          loss=loss.value, beta=beta, finetune=finetune.value, lora_rank=lora_rank, lora_alpha=lora_alpha,
+                          learning_rate=learning_rate, lr_scheduler=lr_scheduler.value,
+                          lr_warmup_steps=lr_warmup_steps, max_steps=max_steps, batch_size=batch_size,
+                          grad_accum=grad_accum, mixed_precision=mixed_precision.value,
+                          gradient_checkpointing=gradient_checkpointing, attention=attention.value, allow_tf32=tf32,
+                          compile=torch_compile.value, use_8bit_adam=use_8bit_adam, label_smoothing=label_smoothing,
+                          ipo_tau=ipo_tau, prompt_dropout=prompt_dropout, rho=rho, weight_k=weight_k,
                           weight_c=weight_c, adaptive_warmup_steps=adaptive_warmup_steps,
                           checkpoint_every=checkpoint_every, seed=seed)
         selection = Selection(split=None if split == "all" else split, ties=ties.value, filtered=filtered.value,
                               minority=minority.value, missing=missing_latents.value,
                               need_u=method is Method.adaptive_offline)
+        if method is Method.adaptive_offline and minority is Minority.weight:
+            raise ValueError(DOUBLE_WEIGHT)
+        check_runtime(cfg)
     except ValueError as err:
         fail(str(err))
     found = latest_checkpoint(output_dir)
     if found is not None and not resume:
         fail(f"{output_dir} holds {found.name}: pass --resume to continue that run, or choose another --output-dir")
     try:
-        from accelerate import PartialState
-
-        state = PartialState()
-        components = load_components(model, revision)
+        accelerator = make_accelerator()
+        components = load_components(model, revision, unet_dtype=unet_dtype(cfg))
         source = DatasetPairSource(dataset_dir, encoder_key(components), batch_size, selection=selection,
-                                   resolution=resolution, flip=flip, seed=seed, rank=state.process_index,
-                                   world_size=state.num_processes, model_hint=model)
-        if state.is_main_process:
+                                   resolution=resolution, flip=flip, seed=seed, rank=accelerator.process_index,
+                                   world_size=accelerator.num_processes, grad_accum=grad_accum, model_hint=model)
+        empty_prompt(cfg, source)  # prompt dropout needs it: refuse before the run folder is made
+        if accelerator.is_main_process:
             print_counts(f"training pairs <- {dataset_dir}", source.summary_rows())
             for note in source.notes:
                 typer.echo(f"note: {note}")
             write_json_atomic(output_dir / "data.json", source.describe())
-        result = run_training(cfg, source, components)
+        result = run_training(cfg, source, components, accelerator=accelerator)
     except (ValueError, FileNotFoundError, DatasetError, NonFiniteLoss) as err:
         fail(str(err))
     typer.echo(f"trained {result.step} steps; dropped pairs: {dict(source.dropped) or 'none'}; "
@@ -233,10 +272,10 @@ def sample(
     tuned: Annotated[Optional[Path], typer.Option(help="Full fine-tuned pipeline folder (train's final/).",
                                                   exists=True, file_okay=False)] = None,
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="Repeatable.")] = None,
-    steps: Annotated[int, typer.Option(min=1)] = 25,
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps per image.")] = 25,
     size: Annotated[Optional[int], typer.Option(help="Image side in pixels (default: the model's).")] = None,
-    guidance_scale: Annotated[float, typer.Option()] = 5.0,
-    seed: Annotated[int, typer.Option()] = 0,
+    guidance_scale: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 5.0,
+    seed: Annotated[int, typer.Option(help="Seed of column i is seed + i, the same in both rows.")] = 0,
 ) -> None:
     """Render the same prompts and seeds from the base and the tuned model, side by side."""
     from curate.train.models import load_components

@@ -9,6 +9,15 @@ from pathlib import Path
 METHODS = ("dpo", "adaptive-dpo", "adaptive-offline")
 FINETUNE = ("lora", "full")
 PRECISIONS = ("no", "fp16", "bf16")
+ATTENTION = ("sdpa", "eager")
+COMPILE = ("no", "default", "reduce-overhead", "max-autotune")
+# diffusers.optimization.SchedulerType's values, spelled out so that the CLI can list them without
+# importing diffusers (a test keeps the two equal).
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "piecewise_constant")
+# IPO's tau: the Adaptive-DPO authors' `--beta` "beta in ipo", default 100 (config/config.py of
+# fanfanffff1/Adaptive-DPO). diffusers' DPO script reads an undefined args.beta; Salesforce has no IPO.
+IPO_TAU = 100.0
 
 
 @dataclass(frozen=True)
@@ -28,14 +37,20 @@ class TrainConfig:
     lora_alpha: float | None = None             # None = rank (scale 1)
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     gradient_checkpointing: bool = False
-    mixed_precision: str = "no"                 # no | fp16 | bf16 (autocast; trainable weights stay fp32)
+    mixed_precision: str = "no"                 # no | fp16 | bf16 (autocast; trainable weights stay fp32,
+                                                # frozen ones are cast to it; fp16 adds a GradScaler)
+    attention: str = "sdpa"                     # sdpa: torch scaled_dot_product_attention | eager: plain matmuls
+    allow_tf32: bool = True                     # TF32 matmuls and convolutions on GPUs that have them
+    compile: str = "no"                         # torch.compile mode of the policy forward, or no
+    compile_backend: str = "inductor"           # torch.compile backend (aot_eager: no code generation)
 
     # objective
     method: str = "dpo"                         # dpo | adaptive-dpo (online EMA annotators) | adaptive-offline (u from data)
     loss: str = "dpo"                           # dpo | hinge | ipo | cdpo | rdpo
     beta: float = 2500.0
     label_smoothing: float = 0.0                # eps for cdpo / rdpo
-    ipo_tau: float | None = None                # None = beta (the public scripts' choice)
+    ipo_tau: float = IPO_TAU                    # loss ipo: (h - 1/(2 tau))^2; the Adaptive-DPO authors' 100
+    prompt_dropout: float = 0.0                 # P(a pair trains on the empty prompt); Salesforce's script: 0.2
 
     # Adaptive-DPO (docs sections 3-4)
     rho: float = 15.0                           # z = rho * h / ||h||_2 (authors' README value)
@@ -45,7 +60,7 @@ class TrainConfig:
     weight_c: float = 1.0
     margin_kind: str = "quadratic"              # G = mean(sg h) - u^2 / beta (or u / beta)
     ema_caps: tuple[float, ...] = (0.9999, 0.5)
-    adaptive_warmup_steps: int = 100            # optimizer steps with u = 0 while the EMAs warm up
+    adaptive_warmup_steps: int = 2              # optimizer steps with u = 0 while the EMAs warm up (authors: 2)
 
     # optimisation
     learning_rate: float = 1e-5
@@ -77,6 +92,19 @@ class TrainConfig:
         _choice("minority_normalize", self.minority_normalize, ("l2", "rms", "none"))
         _choice("weight_kind", self.weight_kind, ("linear", "quadratic"))
         _choice("margin_kind", self.margin_kind, ("linear", "quadratic"))
+        _choice("attention", self.attention, ATTENTION)
+        _choice("compile", self.compile, COMPILE)
+        _choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        for name in ("learning_rate", "beta", "ipo_tau", "rho", "adam_eps"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("lr_warmup_steps", "adaptive_warmup_steps", "checkpoint_every", "max_grad_norm", "weight_c"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.prompt_dropout < 1.0:
+            raise ValueError(f"prompt_dropout is a probability in [0, 1), got {self.prompt_dropout}")
+        if self.lora_rank < 1 or (self.lora_alpha is not None and self.lora_alpha <= 0):
+            raise ValueError(f"lora_rank must be >= 1 and lora_alpha > 0, got {self.lora_rank}, {self.lora_alpha}")
         from curate.train.losses import check_loss_type
 
         check_loss_type(self.loss)

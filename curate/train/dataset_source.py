@@ -32,7 +32,8 @@ import torch
 
 from curate import schema as schemas
 from curate.dataset import Dataset
-from curate.train.data import PairBatch, epoch_order
+from curate.ids import prompt_id
+from curate.train.data import PairBatch, epoch_batches, epoch_order, position_state, restore_position
 from curate.train.encode import committed_files
 
 TIES = ("drop",)
@@ -120,10 +121,16 @@ def _apply_filters(ds: Dataset, pairs, sel: Selection, dropped: Counter, counts:
 
 
 def _apply_pair_scores(ds: Dataset, pairs, sel: Selection, dropped: Counter, counts: Counter):
+    """Drop, or attach u / weight, as the selection says; `flagged` (is_minority) rides along for the
+    training-health metrics whenever there is a pair_scores table."""
     import polars as pl
 
     if sel.minority == "keep" and not sel.need_u:
-        return pairs
+        if not ds.has("pair_scores"):
+            return pairs
+        flags = ds.scan("pair_scores").select("pair_id", flagged=pl.col("is_minority")).collect()
+        return (pairs.join(flags, on="pair_id", how="left", maintain_order="left")
+                .with_columns(pl.col("flagged").fill_null(False)))
     ds.require("pair_scores", "run `prefcurate annotators` then `prefcurate flag` (per-pair u, flags and weights)")
     joined = _covering(ds, pairs, "pair_scores", ["is_minority", "u", "weight"],
                        "rerun `prefcurate annotators` and `prefcurate flag`")
@@ -133,6 +140,7 @@ def _apply_pair_scores(ds: Dataset, pairs, sel: Selection, dropped: Counter, cou
         # u is null with fewer than two signals: no evidence that the label is a minority one, so u = 0 (W = 1).
         joined = joined.with_columns(u_known=pl.col("u").is_not_null(), u=pl.col("u").fill_null(0.0))
     keep = ["u"] * sel.need_u + ["weight"] * (sel.minority == "weight")
+    joined = joined.with_columns(flagged=pl.col("is_minority"))
     return joined.drop(*[c for c in ("is_minority", "u", "weight") if c not in keep])
 
 
@@ -191,10 +199,10 @@ class DatasetPairSource:
 
     def __init__(self, dataset_dir, key: str, batch_size: int, *, selection: Selection = Selection(),
                  resolution: int | None = None, flip: bool = False, seed: int = 0, shuffle: bool = True,
-                 rank: int = 0, world_size: int = 1, model_hint: str | None = None):
+                 rank: int = 0, world_size: int = 1, grad_accum: int = 1, model_hint: str | None = None):
         self.ds, self.key, self.selection = Dataset(dataset_dir), key, selection
         self.batch_size, self.flip, self.seed, self.shuffle = batch_size, flip, seed, shuffle
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.grad_accum = rank, world_size, grad_accum
         self._hint = f"prefcurate encode {self.ds.root} --model {model_hint or '<the model with key ' + key + '>'}"
         pairs, self.dropped, self.counts, self.notes = select_pairs(self.ds, selection)
         files = committed_files(self.ds, key)
@@ -205,14 +213,15 @@ class DatasetPairSource:
         self.pair_ids = tuple(pairs["pair_id"].to_list())
         self.digest = hashlib.sha256("\n".join(self.pair_ids).encode()).hexdigest()[:16]
         self._arrays()
-        self.batches_per_epoch = len(self.pair_ids) // (batch_size * world_size)
+        self.batches_per_epoch = epoch_batches(len(self.pair_ids), batch_size, world_size, grad_accum)
         if self.batches_per_epoch == 0:
             raise DataSelectionError(f"{len(self.pair_ids)} trainable pairs (dropped: {dict(self.dropped)}) do not "
-                                     f"fill one batch of {batch_size} x {world_size} processes; lower --batch-size "
-                                     f"or add pairs")
+                                     f"fill one step of {batch_size} x {grad_accum} accumulation x {world_size} "
+                                     f"processes; lower --batch-size or add pairs")
         self._latents = _Columns(self.ds.root, files["latents"], "latents", "latent")
         self._text = _Columns(self.ds.root, files["text_embeddings"], "text_embeddings", "embedding")
         self._pooled = _Columns(self.ds.root, files["text_embeddings"], "text_embeddings", "pooled")
+        self.empty_prompt = self._empty_prompt()
         self.epoch, self.cursor = 0, 0
 
     # ------------------------------------------------------------------ joining
@@ -272,6 +281,8 @@ class DatasetPairSource:
             raise DataSelectionError(f"{self.ds.root}: no text embeddings for model {self.key}; "
                                      f"run `{self._hint}` first")
         index = index.unique("prompt_id", keep="first", maintain_order=True)
+        empty = index.filter(pl.col("prompt_id") == prompt_id(""))
+        self._empty_loc = empty.select("file", "batch", "row").to_numpy() if empty.height else None
         shape = tuple(index["text_shape"][0].to_list())
         right = index.select("prompt_id", *[pl.col(c).alias(f"t_{c}") for c in ("file", "batch", "row")])
         pairs = pairs.join(right, on="prompt_id", how="left", maintain_order="left")
@@ -291,6 +302,15 @@ class DatasetPairSource:
                 f"table or undecodable (see its run's stats): filter those pairs out, or pass --missing-latents drop")
         return _drop(pairs, missing, reason, self.dropped)
 
+    def _empty_prompt(self):
+        """(text_emb, pooled or None) of the empty prompt, when encode stored it (for prompt dropout)."""
+        if self._empty_loc is None:
+            return None
+        text = torch.from_numpy(self._text.gather(self._empty_loc).astype(np.float32)).view(*self.text_shape)
+        pooled = (torch.from_numpy(self._pooled.gather(self._empty_loc).astype(np.float32))[0]
+                  if self.key.startswith("sdxl:") else None)
+        return text, pooled
+
     def _arrays(self) -> None:
         p = self.pairs
         loc = lambda prefix: np.stack([p[f"{prefix}_{c}"].to_numpy() for c in ("file", "batch", "row")], 1)  # noqa: E731
@@ -299,6 +319,7 @@ class DatasetPairSource:
         if self._u is not None:
             self.counts["u_missing_set_to_0"] = int((~p["u_known"]).sum())
         self._weight = p["weight"].to_numpy().astype(np.float32) if "weight" in p.columns else None
+        self._flagged = p["flagged"].to_numpy().astype(bool) if "flagged" in p.columns else None
         side = self.resolution
         sizes = np.stack([p["original_height"].to_numpy(), p["original_width"].to_numpy(), p["crop_top"].to_numpy(),
                           p["crop_left"].to_numpy(), np.full(p.height, side), np.full(p.height, side)], 1)
@@ -334,23 +355,36 @@ class DatasetPairSource:
         return PairBatch(
             latent_w=latents[:n], latent_l=latents[n:], text_emb=text,
             pooled=as_tensor(self._pooled.gather(self._loc["t"][idx]), n, -1) if sdxl else None,
-            time_ids=pick(self._time_ids) if sdxl else None, u=pick(self._u), weight=pick(self._weight),
-            pair_ids=tuple(self.pair_ids[i] for i in idx))
+            time_ids=self._pair_time_ids(idx, flips) if sdxl else None, u=pick(self._u), weight=pick(self._weight),
+            flagged=pick(self._flagged), pair_ids=tuple(self.pair_ids[i] for i in idx))
+
+    def _pair_time_ids(self, idx: np.ndarray, flips: np.ndarray) -> torch.Tensor:
+        """SDXL time ids of pairs `idx`; a flipped pair's crop left is mirrored as diffusers' SDXL script does."""
+        from curate.train.models import flipped_crop_left
+
+        values = self._time_ids[idx].copy()
+        flipped = flips[idx]
+        values[flipped, 3] = flipped_crop_left(values[flipped, 3], self.resolution)
+        return torch.from_numpy(values)
 
     # ------------------------------------------------------------------ position
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "pairs": len(self.pair_ids),
-                "pairs_digest": self.digest, "batch_size": self.batch_size, "world_size": self.world_size,
-                "flip": self.flip, "shuffle": self.shuffle}
+        return {**position_state(self.epoch, self.cursor, self.world_size, self.grad_accum), "seed": self.seed,
+                "pairs": len(self.pair_ids), "pairs_digest": self.digest, "batch_size": self.batch_size,
+                "pairs_per_step": self.batch_size * self.world_size * self.grad_accum, "flip": self.flip,
+                "shuffle": self.shuffle}
 
     def load_state_dict(self, state: dict) -> None:
         mine = self.state_dict()
-        for key in ("seed", "pairs", "pairs_digest", "batch_size", "world_size", "flip", "shuffle"):
+        for key in ("seed", "pairs", "pairs_digest", "batch_size", "pairs_per_step", "flip", "shuffle"):
             if state.get(key) != mine[key]:
                 raise DataSelectionError(f"the data position was saved with {key}={state.get(key)!r}, this source "
                                          f"has {mine[key]!r}; resume with the same dataset, selection options and "
                                          f"batch size")
-        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        try:
+            self.epoch, self.cursor = restore_position(state, self.world_size)
+        except ValueError as err:
+            raise DataSelectionError(str(err)) from None
 
     # ------------------------------------------------------------------ reporting
     def describe(self) -> dict:

@@ -11,7 +11,14 @@ from curate.train.margins import pair_errors
 
 
 class EMAAnnotators:
-    """One fp32 shadow of the trainable parameters per decay cap (0.9999 and 0.5 by default)."""
+    """One shadow of the trainable parameters per decay cap (0.9999 and 0.5 by default).
+
+    Each shadow lives on its parameter's device, in fp32. The authors keep fp16 EMAs (their
+    weight_dtype); fp32 is the dtype of the trainable weights here (the optimizer's master copy),
+    so the EMA loses nothing to rounding at decay 0.9999 and substitutes into the UNet as it is.
+    With LoRA the shadows are small (two copies of the adapters). Build them after the model is
+    placed on its device (setup.place_model does).
+    """
 
     def __init__(self, named_params: dict[str, torch.Tensor], caps=(0.9999, 0.5)):
         self.caps = tuple(float(c) for c in caps)

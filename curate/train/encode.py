@@ -14,7 +14,8 @@ Training reads these tables (curate.train.dataset_source) and never runs the VAE
 - **Prompts**: the normalised text (curate.ids.normalize_prompt). SD 1.x/2.x: the text encoder's
   last hidden state; SDXL: both encoders' penultimate hidden states concatenated, and the pooled
   projection. SDXL's time ids are made at training time from the stored original size and crop.
-- **What**: the images and prompts of non-tie pairs, every split (ties are never trained).
+- **What**: the images and prompts of non-tie pairs, every split (ties are never trained), and the
+  empty prompt (``curate.ids.prompt_id("")``), which prompt dropout trains on.
 - **Incremental**: each run of a model is a generation, stage ``encode-<key>-g<NNN>``, that encodes
   only what no committed earlier generation wrote (per image: resolution and orientation). An
   interrupted generation is redone, or resumed with ``resume``, before a new one starts.
@@ -35,6 +36,7 @@ import pyarrow.ipc as ipc
 
 from curate import schema as schemas
 from curate.dataset import Dataset, read_shard
+from curate.ids import prompt_id
 from curate.runner import ShardContext, Stage, committed_generation_files
 from curate.runner import generations as runner_generations
 
@@ -201,7 +203,8 @@ def pending_work(ds: Dataset, key: str, resolution: int, flip: bool, prior: dict
             work.image_specs.append({"kind": "images", "shard": str(shard), "rows": chunk["row"].to_list(),
                                      "mask": chunk["mask"].to_list()})
     work.counts["images_missing"] = work.counts["images_needed"] - work.counts["images_found"]
-    prompts = trained["prompt_id"].unique()
+    # The empty prompt too: prompt dropout trains a pair on it.
+    prompts = pl.concat([trained["prompt_id"], pl.Series([prompt_id("")])]).unique()
     encoded = _done_prompts(ds, prior["text_embeddings"], key)
     todo = sorted(prompts.filter(~prompts.is_in(encoded.implode())).to_list())
     work.counts.update(prompts_needed=len(prompts), prompts_to_encode=len(todo),
@@ -337,7 +340,7 @@ class EncodeStage(Stage):
         ids = spec["ids"]
         found = (ctx.dataset.scan("pairs").filter(pl.col("prompt_id").is_in(ids)).select("prompt_id", "prompt")
                  .unique("prompt_id", keep="first").collect())
-        texts = dict(zip(found["prompt_id"].to_list(), found["prompt"].to_list()))
+        texts = {prompt_id(""): "", **dict(zip(found["prompt_id"].to_list(), found["prompt"].to_list()))}
         for start in range(0, len(ids), ROWS_PER_BATCH):
             chunk = ids[start:start + ROWS_PER_BATCH]
             text, pooled = [], []

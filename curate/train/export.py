@@ -31,4 +31,7 @@ def save_lora(unet, components, path: str | Path) -> None:
 
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     pipeline_cls = StableDiffusionXLPipeline if components.is_sdxl else StableDiffusionPipeline
-    pipeline_cls.save_lora_weights(str(path), unet_lora_layers=layers, weight_name=LORA_WEIGHT_NAME)
+    # The adapter's config (rank and lora_alpha) goes in the file's metadata: load_lora_weights reads
+    # it back, so an adapter trained with alpha != rank reloads at the scale it was trained at.
+    pipeline_cls.save_lora_weights(str(path), unet_lora_layers=layers, weight_name=LORA_WEIGHT_NAME,
+                                   unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())

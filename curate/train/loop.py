@@ -4,41 +4,28 @@
 
 `source` is a PairBatchSource of precomputed latents and prompt embeddings (see data.py): the loop
 never runs the VAE or the text encoders. A run restarted on the same output_dir resumes from its
-latest checkpoint and continues the same loss curve.
+latest checkpoint and continues the same loss curve, on the same or another number of processes
+(`accelerate launch --num_processes N` or `torchrun`; only the main process writes).
 """
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from curate.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from curate.train.checkpoint import latest_checkpoint
 from curate.train.config import TrainConfig
-from curate.train.ema import EMAAnnotators
-from curate.train.losses import adaptive_terms, dpo_margin, preference_loss
-from curate.train.margins import noised_pair, pair_conditioning, pair_errors, reference_errors
-from curate.train.metrics import MetricsLog, peak_memory_mb, summarize
-from curate.train.setup import make_optimizer, prepare_policy, trainable_parameters
-
-# A resumed run may change how long it runs and how it reports, nothing that shapes the loss curve.
-RESUMABLE_CHANGES = {"max_steps", "checkpoint_every", "keep_checkpoints", "log_every", "tensorboard", "progress"}
+from curate.train.metrics import MetricsLog, health, peak_memory_mb, summarize
+from curate.train.resume import restore_run, save_run
+from curate.train.setup import apply_gradients, check_runtime, make_accelerator, place_model
+from curate.train.step import StepOutput, noise_generator, pair_step
 
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or inf; nothing was saved for the step that produced it."""
-
-
-@dataclass
-class StepOutput:
-    loss: torch.Tensor          # scalar, with gradient
-    losses: torch.Tensor        # per pair, detached
-    h: torch.Tensor
-    model_err: torch.Tensor     # (2B,) [winners; losers]
-    ref_err: torch.Tensor
-    u: torch.Tensor | None = None
-    weights: torch.Tensor | None = None
 
 
 @dataclass
@@ -49,6 +36,7 @@ class TrainResult:
     unet: object = None                                 # the trained policy (unwrapped)
     reference: object = None                            # frozen copy (full) or None (LoRA: adapters off)
     exported: Path | None = None
+    skipped_steps: int = 0                              # fp16 steps the loss scaler skipped (overflow)
 
 
 def train(cfg: TrainConfig, source, components=None, *, accelerator=None, export: bool = True) -> TrainResult:
@@ -56,183 +44,144 @@ def train(cfg: TrainConfig, source, components=None, *, accelerator=None, export
     a checkpoint. `components` (curate.train.models.Components) defaults to load_components(cfg.model);
     train() takes ownership of components.unet (adapters are added to it in place)."""
     # ---------------------------------------------------------------- setup
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
 
-    accelerator = accelerator or Accelerator(gradient_accumulation_steps=cfg.grad_accum,
-                                             mixed_precision=cfg.mixed_precision)
-    device = accelerator.device
+    check_runtime(cfg)
+    accelerator = accelerator or make_accelerator()
+    check_world(cfg, source, accelerator)
+    device, processes = accelerator.device, accelerator.num_processes
+    empty = empty_prompt(cfg, source, device)
     out = Path(cfg.output_dir)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)  # LoRA init and anything else drawn from the global RNGs
     if components is None:
-        from curate.train.models import load_components
+        from curate.train.models import load_components, unet_dtype
 
-        components = load_components(cfg.model, cfg.revision)
+        components = load_components(cfg.model, cfg.revision, unet_dtype=unet_dtype(cfg))
     scheduler = components.noise_scheduler
 
-    # ---------------------------------------------------------------- model
-    unet, reference = prepare_policy(cfg, components.unet)
-    if reference is not None:
-        reference.to(device)
-    trainable = trainable_parameters(unet)
-    annotators = EMAAnnotators(trainable, cfg.ema_caps) if cfg.method == "adaptive-dpo" else None
-
-    # ---------------------------------------------------------------- optimizer
-    optimizer = make_optimizer(cfg, list(trainable.values()))
+    # ---------------------------------------------------------------- model and optimizer
+    model = place_model(cfg, components.unet, accelerator)
     # Not passed to prepare(): accelerate would step it once per process; we step it once per optimizer step.
-    lr_schedule = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+    lr_schedule = get_scheduler(cfg.lr_scheduler, model.optimizer, num_warmup_steps=cfg.lr_warmup_steps,
                                 num_training_steps=cfg.max_steps)
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-    bare_unet = accelerator.unwrap_model(unet)
-    world = getattr(source, "world_size", 1), getattr(source, "rank", 0)
-    if world != (accelerator.num_processes, accelerator.process_index):
-        raise ValueError(f"the pair source is built for world_size, rank = {world} but this process is "
-                         f"{accelerator.num_processes, accelerator.process_index}; build it with "
-                         "rank=accelerator.process_index, world_size=accelerator.num_processes")
-    step = 0
-
+    step = skipped = 0
     ckpt = latest_checkpoint(out)
     if ckpt is not None:
-        step = _restore(ckpt, cfg, trainable, annotators, optimizer, lr_schedule, source)
+        step, skipped = restore_run(ckpt, cfg, model, lr_schedule, source, processes)
     log = MetricsLog(out, enabled=accelerator.is_main_process, tensorboard=cfg.tensorboard,
                      progress=cfg.progress, total=cfg.max_steps, start=step)
-    log.event({"event": "start", "step": step, "resumed_from": str(ckpt) if ckpt else None,
+    log.event({"event": "start", "step": step, "resumed_from": str(ckpt) if ckpt else None, "processes": processes,
                "dropped_pairs": dict(getattr(source, "dropped", {})), "config": cfg.to_json()})
-    result = TrainResult(output_dir=out, step=step, unet=bare_unet, reference=reference)
+    result = TrainResult(output_dir=out, step=step, unet=model.bare, reference=model.reference)
 
     # ---------------------------------------------------------------- loop
     batches = iter(source)
     try:
         while step < cfg.max_steps:
-            started, parts = time.perf_counter(), []
-            for micro in range(cfg.grad_accum):
-                batch = next(batches).to(device)
-                noise_gen = noise_generator(cfg.seed, step, micro, accelerator.process_index)
-                with accelerator.accumulate(unet):
-                    with accelerator.autocast():
-                        o = pair_step(cfg, unet, bare_unet, reference, annotators, scheduler, batch, noise_gen,
-                                      adaptive_on=step >= cfg.adaptive_warmup_steps)
-                    # A CPU-GPU sync point, but a NaN must stop the run before it reaches the weights.
-                    if not torch.isfinite(o.loss):
-                        raise NonFiniteLoss(f"loss is {o.loss.item()} at step {step + 1} (micro-batch {micro}); "
-                                            f"pair_ids: {list(batch.pair_ids)}. No checkpoint was written for this "
-                                            f"step; the last good one is {latest_checkpoint(out)}")
-                    accelerator.backward(o.loss)
-                    if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(list(trainable.values()), cfg.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                parts.append(o)
+            started, lr = time.perf_counter(), model.optimizer.param_groups[0]["lr"]
+            parts = accumulate_gradients(cfg, accelerator, model, scheduler, batches, step, skipped, empty, out)
+            grad_norm, was_skipped = apply_gradients(cfg, accelerator, model)
+            if was_skipped:  # fp16 overflow: nothing moved, so neither do the schedule, the EMAs or the count
+                skipped += 1
+                log.event({"event": "skipped_step", "step": step + 1, "scale": model.precision.scaler.get_scale()})
+                continue
             lr_schedule.step()
             step += 1
-            if annotators is not None:
-                annotators.update(trainable)
+            if model.annotators is not None:
+                model.annotators.update(model.trainable)
 
             if step % cfg.log_every == 0 or step == cfg.max_steps:
-                record = _record(parts, lr_schedule, started, device, accelerator.num_processes)
+                record = _record(accelerator, parts, lr, grad_norm, started, skipped)
                 result.history.append({"step": step, **record})
                 log.log(step, record)
             if accelerator.is_main_process and (
                     (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.max_steps):
-                _save(out, step, cfg, trainable, annotators, optimizer, lr_schedule, source)
+                save_run(out, step, skipped, cfg, model, lr_schedule, source, processes)
         accelerator.wait_for_everyone()
         if export and accelerator.is_main_process:
             from curate.train.export import export_model
 
-            result.exported = export_model(cfg, bare_unet, components, out / "final")
+            result.exported = export_model(cfg, model.bare, components, out / "final")
             log.event({"event": "exported", "path": str(result.exported), "step": step})
     finally:
         log.close()
-    result.step = step
+    result.step, result.skipped_steps = step, skipped
     return result
 
 
-def noise_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
-    """The generator of one micro-batch's noise and timesteps: a function of where the run is, not of
-    what ran before, so a resumed run (on any number of ranks) draws exactly what it would have."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + micro) * 101 + rank)
+def accumulate_gradients(cfg, accelerator, model, scheduler, batches, step: int, skipped: int, empty, out: Path):
+    """Forward and backward of one optimizer step's micro-batches; their StepOutputs."""
+    processes, rank, parts = accelerator.num_processes, accelerator.process_index, []
+    for micro in range(cfg.grad_accum):
+        batch = next(batches).to(accelerator.device)
+        gen = noise_generator(cfg.seed, step + skipped, micro * processes + rank)
+        # Gradients are all-reduced once per optimizer step, on its last micro-batch.
+        with nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(model.unet):
+            with model.precision.autocast():
+                o = pair_step(cfg, model.policy, model.bare, model.reference, model.annotators, scheduler, batch, gen,
+                              adaptive_on=step >= cfg.adaptive_warmup_steps, empty_prompt=empty)
+            _check_finite(o, step, micro, batch, out)
+            accelerator.backward(model.precision.scale(o.loss / cfg.grad_accum))
+        parts.append(o)
+    return parts
 
 
-def pair_step(cfg, unet, bare_unet, reference, annotators, scheduler, batch, noise_gen, adaptive_on) -> StepOutput:
-    """Loss of one micro-batch: one noise and timestep per pair, policy vs reference, then the loss."""
-    device = batch.latent_w.device
-    noise = torch.randn(batch.latent_w.shape, generator=noise_gen).to(device)
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(batch),), generator=noise_gen).to(device)
-    x_t, t2, target = noised_pair(scheduler, batch.latent_w, batch.latent_l, noise, timesteps)
-    cond = pair_conditioning(batch)
-
-    model_w, model_l = pair_errors(unet, x_t, t2, cond, target)
-    ref_w, ref_l = reference_errors(bare_unet, reference, x_t, t2, cond, target)
-    h = dpo_margin(model_w, model_l, ref_w, ref_l)
-
-    u = weights = margin = None
-    if cfg.method != "dpo":
-        u = minority_scores(cfg, bare_unet, annotators, batch, h, (x_t, t2, cond, target, ref_w, ref_l), adaptive_on)
-        weights, margin = adaptive_terms(u, h, cfg.beta, weight_kind=cfg.weight_kind, margin_kind=cfg.margin_kind,
-                                         k=cfg.weight_k, c=cfg.weight_c)
-    if batch.weight is not None:  # per-pair data weights (train --minority weight: pair_scores.weight)
-        weights = batch.weight.float() if weights is None else weights * batch.weight.float()
-    losses = preference_loss(h, cfg.loss, cfg.beta, weights=weights, margin=margin,
-                             label_smoothing=cfg.label_smoothing, ipo_tau=cfg.ipo_tau)
-    return StepOutput(loss=losses.mean(), losses=losses.detach(), h=h.detach(),
-                      model_err=torch.cat([model_w, model_l]).detach(), ref_err=torch.cat([ref_w, ref_l]),
-                      u=u, weights=None if weights is None else weights.detach())
+def check_world(cfg, source, accelerator) -> None:
+    if accelerator.gradient_accumulation_steps != 1 or accelerator.mixed_precision != "no":
+        raise ValueError("pass an Accelerator with gradient_accumulation_steps=1 and mixed_precision='no'; "
+                         "set TrainConfig.grad_accum and mixed_precision instead")
+    world = getattr(source, "world_size", 1), getattr(source, "rank", 0), getattr(source, "grad_accum", 1)
+    here = accelerator.num_processes, accelerator.process_index, cfg.grad_accum
+    if world != here:
+        raise ValueError(f"the pair source is built for world_size, rank, grad_accum = {world} but this run is "
+                         f"{here}; build it with rank=accelerator.process_index, "
+                         "world_size=accelerator.num_processes, grad_accum=cfg.grad_accum")
 
 
-def minority_scores(cfg, bare_unet, annotators, batch, h, forward_args, adaptive_on) -> torch.Tensor:
-    """u per pair: from the data (adaptive-offline) or from policy + EMA annotators (adaptive-dpo)."""
-    if cfg.method == "adaptive-offline":
-        if batch.u is None:
-            raise ValueError(f"method 'adaptive-offline' needs per-pair u from the data, but pairs "
-                             f"{list(batch.pair_ids)[:4]}... have none; run the minority stage or use 'adaptive-dpo'")
-        return batch.u.float()
-    if not adaptive_on:  # the EMAs are still warming up: their judgements mean nothing yet
-        return torch.zeros_like(h, dtype=torch.float32)
-    from curate.minority import minority_score
-
-    judgements = [h.detach()] + annotators.margins(bare_unet, *forward_args)
-    return torch.as_tensor(minority_score(torch.stack(judgements).float(), cfg.rho,
-                                          normalize=cfg.minority_normalize).u, device=h.device).float()
+def empty_prompt(cfg, source, device="cpu"):
+    """The empty prompt's (text, pooled) on the device, when prompt dropout needs it."""
+    if cfg.prompt_dropout <= 0:
+        return None
+    empty = getattr(source, "empty_prompt", None)
+    if empty is None:
+        raise ValueError(f"prompt_dropout={cfg.prompt_dropout} needs the empty prompt's embedding, which this pair "
+                         "source lacks: run `prefcurate encode` again (it stores it), or set prompt_dropout to 0")
+    text, pooled = empty
+    return text.to(device), None if pooled is None else pooled.to(device)
 
 
-def _record(parts, lr_schedule, started, device, processes) -> dict:
-    cat = lambda name: None if getattr(parts[0], name) is None else torch.cat([getattr(p, name) for p in parts])  # noqa: E731
-    record = summarize(cat("losses"), cat("h"), cat("u"), cat("weights"), cat("model_err"), cat("ref_err"))
-    pairs = sum(len(p.h) for p in parts) * processes
-    record.update(lr=lr_schedule.get_last_lr()[0], pairs_per_s=pairs / (time.perf_counter() - started),
-                  peak_mem_mb=peak_memory_mb(device))
+def _check_finite(o: StepOutput, step: int, micro: int, batch, out: Path) -> None:
+    # A CPU-GPU sync point, but a NaN must stop the run before it reaches the weights.
+    if not torch.isfinite(o.loss):
+        raise NonFiniteLoss(f"loss is {o.loss.item()} at step {step + 1} (micro-batch {micro}); "
+                            f"pair_ids: {list(batch.pair_ids)}. No checkpoint was written for this "
+                            f"step; the last good one is {latest_checkpoint(out)}")
+
+
+def _record(accelerator, parts: list[StepOutput], lr: float, grad_norm, started: float, skipped: int) -> dict:
+    """The logged record of one optimizer step, over the pairs of every process."""
+    def gathered(name):
+        if getattr(parts[0], name) is None:
+            return None
+        values = torch.cat([getattr(p, name) for p in parts])
+        values = values.to(torch.uint8) if values.dtype == torch.bool else values  # gloo gathers no bools
+        return accelerator.gather(values.contiguous()).cpu()
+
+    model_err, ref_err = (_gather_pairs(accelerator, parts, name) for name in ("model_err", "ref_err"))
+    h, u, weights, flagged = (gathered(n) for n in ("h", "u", "weights", "flagged"))
+    record = summarize(gathered("losses"), h, u, weights, model_err, ref_err)
+    record.update(lr=lr, grad_norm=float(grad_norm), pairs_per_s=len(h) / (time.perf_counter() - started),
+                  peak_mem_mb=peak_memory_mb(accelerator.device), skipped_steps=skipped)
+    record.update(health(model_err, ref_err, u, weights, flagged))
     return record
 
 
-def _save(out, step, cfg, trainable, annotators, optimizer, lr_schedule, source) -> Path:
-    state = {"step": step, "optimizer": optimizer.state_dict(), "lr_scheduler": lr_schedule.state_dict(),
-             "torch_rng": torch.get_rng_state(),
-             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-             "data": source.state_dict()}
-    return save_checkpoint(out, step, trainable=trainable, ema=annotators.state_dict() if annotators else None,
-                           state=state, config_json=cfg.to_json(), keep=cfg.keep_checkpoints)
-
-
-def _restore(path, cfg, trainable, annotators, optimizer, lr_schedule, source) -> int:
-    ckpt = load_checkpoint(path)
-    saved = TrainConfig.from_json(ckpt["config_json"])
-    changed = {k for k, v in vars(saved).items() if getattr(cfg, k) != v} - RESUMABLE_CHANGES
-    if changed:
-        raise ValueError(f"cannot resume {path}: config fields {sorted(changed)} differ from the saved run; "
-                         "use the saved config or a new output_dir")
-    with torch.no_grad():
-        for name, p in trainable.items():
-            p.copy_(ckpt["trainable"][name])
-    if annotators is not None:
-        annotators.load_state_dict(ckpt["ema"])
-    state = ckpt["state"]
-    optimizer.load_state_dict(state["optimizer"])
-    lr_schedule.load_state_dict(state["lr_scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    source.load_state_dict(state["data"])
-    return int(state["step"])
+def _gather_pairs(accelerator, parts: list[StepOutput], name: str) -> torch.Tensor:
+    """(2N,) [winners; losers] of every micro-batch and process (each part is [its winners; its losers])."""
+    halves = [getattr(p, name).chunk(2) for p in parts]
+    winners = accelerator.gather(torch.cat([w for w, _ in halves]).contiguous())
+    losers = accelerator.gather(torch.cat([l for _, l in halves]).contiguous())
+    return torch.cat([winners, losers]).cpu()

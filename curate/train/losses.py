@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from curate.train.config import IPO_TAU
+
 LOSS_TYPES = ("dpo", "hinge", "ipo", "cdpo", "rdpo")
 
 
@@ -33,14 +35,14 @@ def preference_loss(
     weights: torch.Tensor | None = None,
     margin: torch.Tensor | None = None,
     label_smoothing: float = 0.0,
-    ipo_tau: float | None = None,
+    ipo_tau: float = IPO_TAU,
 ) -> torch.Tensor:
     """Per-pair loss l_i (no reduction; the caller takes the mean).
 
     `margin` is Adaptive-DPO's G (on the scale of h, as the authors ran it): the sigmoid-family
     losses see beta*h - G; the IPO form sees h + G/beta (the authors' sign; see docs section 4).
-    `weights` multiplies each pair's loss. `ipo_tau` defaults to beta, as the public DPO
-    scripts do. `label_smoothing` is eps for cdpo/rdpo and must be 0 for the others.
+    `weights` multiplies each pair's loss. `ipo_tau` defaults to the Adaptive-DPO
+    authors' IPO beta (100; see config.IPO_TAU). `label_smoothing` is eps for cdpo/rdpo and must be 0 for the others.
     """
     check_loss_type(loss_type)
     if label_smoothing and loss_type not in ("cdpo", "rdpo"):
@@ -50,8 +52,7 @@ def preference_loss(
     g = torch.zeros_like(h) if margin is None else margin.to(h.dtype)
     eps = label_smoothing
     if loss_type == "ipo":
-        tau = beta if ipo_tau is None else ipo_tau
-        losses = (h + g / beta - 1.0 / (2.0 * tau)) ** 2
+        losses = (h + g / beta - 1.0 / (2.0 * ipo_tau)) ** 2
     else:
         z = beta * h - g
         if loss_type == "dpo":

@@ -1,7 +1,12 @@
-"""Per-step training metrics: JSONL always, TensorBoard when installed, a tqdm progress bar."""
+"""Per-step training metrics: JSONL always, TensorBoard when installed, a tqdm progress bar.
+
+A resumed run's log reads like an uninterrupted one: the records a killed run wrote after its last
+checkpoint are removed when the run resumes from that checkpoint (and TensorBoard purges them).
+"""
 from __future__ import annotations
 
 import json
+import os
 import resource
 from pathlib import Path
 
@@ -23,6 +28,24 @@ def summarize(losses, h, u, weights, model_err, ref_err) -> dict:
     return out
 
 
+def health(model_err, ref_err, u, weights, flagged) -> dict:
+    """Training-health figures of one step: how far the policy's errors moved from the reference's
+    on winners and on losers, and the per-pair u and W split by the data's minority flag.
+
+    model_err / ref_err are (2N,) [winners; losers]; `flagged` (N,) bool or None (no flags known:
+    every pair counts as kept).
+    """
+    delta_w, delta_l = (model_err.float() - ref_err.float()).chunk(2)
+    out = {"err_w_delta": float(delta_w.mean()), "err_l_delta": float(delta_l.mean())}
+    is_flagged = torch.zeros(len(delta_w), dtype=torch.bool) if flagged is None else flagged.bool().cpu()
+    for name, values in (("u", u), ("w", weights)):
+        if values is not None:
+            values = values.float().cpu()
+            out[f"{name}_flagged"] = [round(float(v), 4) for v in values[is_flagged]]
+            out[f"{name}_kept"] = [round(float(v), 4) for v in values[~is_flagged]]
+    return out
+
+
 def peak_memory_mb(device) -> float:
     """Peak accelerator memory allocated, or the process's peak RSS on CPU."""
     if torch.device(device).type == "cuda":
@@ -30,11 +53,24 @@ def peak_memory_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def truncate_log(path: Path, step: int) -> None:
+    """Keep the records of steps <= `step` (the checkpoint resumed from); rewrite, then rename."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines(keepends=True)
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
+
+
 class MetricsLog:
     def __init__(self, output_dir: Path, *, enabled: bool, tensorboard: bool, progress: bool, total: int, start: int):
         self.enabled = enabled
+        if enabled:
+            truncate_log(output_dir / "metrics.jsonl", start)
         self.file = (output_dir / "metrics.jsonl").open("a") if enabled else None
-        self.tb = _tensorboard(output_dir / "tb") if enabled and tensorboard else None
+        self.tb = _tensorboard(output_dir / "tb", start) if enabled and tensorboard else None
         self.bar = None
         if enabled and progress:
             from tqdm.auto import tqdm
@@ -65,9 +101,10 @@ class MetricsLog:
                 thing.close()
 
 
-def _tensorboard(path: Path):
+def _tensorboard(path: Path, start: int):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is optional
         return None
-    return SummaryWriter(str(path))
+    # purge_step drops the events a killed run logged after the checkpoint this run resumes from.
+    return SummaryWriter(str(path), purge_step=start + 1 if start else None)

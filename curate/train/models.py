@@ -51,10 +51,12 @@ class Components:
         return Path(path)
 
 
-def load_components(model: str, revision: str | None = None) -> Components:
+def load_components(model: str, revision: str | None = None, *, unet_dtype=None) -> Components:
     """Load from a hub id or a local diffusers folder; SDXL is recognised by its second text encoder.
 
-    Honours HF_HUB_OFFLINE: offline, a hub id must already be in the local cache.
+    `unet_dtype` loads the UNet's weights in that dtype (a frozen LoRA base in the mixed-precision
+    dtype: no fp32 copy is ever made). Honours HF_HUB_OFFLINE: offline, a hub id must already be in
+    the local cache.
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -65,7 +67,7 @@ def load_components(model: str, revision: str | None = None) -> Components:
     sdxl = "text_encoder_2" in index
     # The pipeline's sampler may be PNDM/Euler; training needs DDPM's forward process with the same betas.
     return Components(
-        unet=load(UNet2DConditionModel, "unet"),
+        unet=UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=unet_dtype, **kw),
         vae=load(AutoencoderKL, "vae"),
         noise_scheduler=load(DDPMScheduler, "scheduler"),
         text_encoder=load(CLIPTextModel, "text_encoder"),
@@ -95,6 +97,14 @@ def _model_index(model: str, revision: str | None) -> dict:
         raise FileNotFoundError(f"cannot load model {model!r} (not a local folder): {hint}") from err
 
 
+def unet_dtype(cfg):
+    """The dtype to load the UNet in: the mixed-precision dtype when its base stays frozen (LoRA),
+    fp32 when it trains (full fine-tune: the frozen reference is cast from it)."""
+    from curate.train.setup import WEIGHT_DTYPES
+
+    return WEIGHT_DTYPES[cfg.mixed_precision] if cfg.finetune == "lora" else torch.float32
+
+
 def unet_conditioning(text_emb, pooled=None, time_ids=None) -> dict:
     """Keyword arguments that condition the UNet on precomputed prompt embeddings."""
     kwargs = {"encoder_hidden_states": text_emb}
@@ -122,6 +132,16 @@ def encode_prompts(components: Components, prompts: list[str], device="cpu"):
 
 def sdxl_time_ids(original_hw, crop_top_left, target_hw) -> torch.Tensor:
     return torch.tensor([*original_hw, *crop_top_left, *target_hw], dtype=torch.float32)
+
+
+def flipped_crop_left(crop_left, resolution: int):
+    """The crop's left coordinate an SDXL UNet is conditioned on for a horizontally flipped image.
+
+    As diffusers' train_text_to_image_sdxl.py does after its crop, `x1 = image.width - x1` with the
+    cropped width = resolution: resolution - left. (The geometric mirror of a centre crop is the
+    same left, up to rounding; this follows the diffusers script so fine-tunes see its conditioning.)
+    """
+    return resolution - crop_left
 
 
 # ---------------------------------------------------------------- tiny offline models (tests, benchmarks)

@@ -13,7 +13,8 @@ from curate.train.data import EncodedPairs
 def pattern_pairs(n_pairs: int, *, latent_shape=(4, 16, 16), text_shape=(16, 32), pooled_dim: int | None = None,
                   n_prompts: int = 4, n_ties: int = 0, seed: int = 0, with_u: bool = False,
                   prefix: str = "p") -> EncodedPairs:
-    """EncodedPairs of n_pairs learnable pairs (+ n_ties ties that a source must drop).
+    """EncodedPairs of n_pairs learnable pairs (+ n_ties ties that a source must drop), with an
+    "empty prompt" embedding for prompt dropout.
 
     The pattern depends only on the latent shape (not on `seed`), so pairs drawn with different
     seeds share it: use one seed for training pairs and another for held-out ones.
@@ -21,6 +22,9 @@ def pattern_pairs(n_pairs: int, *, latent_shape=(4, 16, 16), text_shape=(16, 32)
     pattern = torch.sin(torch.arange(latent_shape[-1]) * 0.7).expand(latent_shape) * 1.5
     gen = torch.Generator().manual_seed(seed)
     out = EncodedPairs(pairs=[], time_ids={} if pooled_dim else None)
+    empty = torch.Generator().manual_seed(seed + 7919)  # a stream apart, so the pairs do not depend on it
+    out.empty_prompt = (torch.randn(text_shape, generator=empty),
+                        torch.randn(pooled_dim, generator=empty) if pooled_dim else None)
     for j in range(n_prompts):
         text = torch.randn(text_shape, generator=gen)
         out.prompts[f"{prefix}prompt{j}"] = (text, torch.randn(pooled_dim, generator=gen)) if pooled_dim else text
