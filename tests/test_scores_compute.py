@@ -1,6 +1,7 @@
 """`prefcurate scores compute`: registry scorers as AI annotators, on real files of the synthetic world."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -14,6 +15,7 @@ from curate.clip.decode import decode_image
 from curate.dataset import Dataset, write_shard
 from curate.ids import normalize_prompt
 from curate.scorers import load_scorer
+from curate.verify import commit_files
 from curate.synth.world import WorldConfig, build_world
 from scorer_models import tiny_pickscore
 
@@ -27,7 +29,9 @@ def cli(*args: str) -> str:
 
 
 def files(root) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file's bytes, less the verification cache (size/mtime/checksum of files already checked)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != ".verified.json"}
 
 
 def damage_images(ds: Dataset) -> dict[str, str]:
@@ -39,8 +43,19 @@ def damage_images(ds: Dataset) -> dict[str, str]:
     blobs[0], blobs[1] = b"", b"not an image"
     columns = {c: table[c].to_pylist()[:2] + table[c].to_pylist()[3:] for c in table.column_names}
     columns["bytes"] = blobs[:2] + blobs[3:]
-    write_shard(shard, schemas.load("images"), schemas.load("images").table(columns).to_batches())
+    written = write_shard(shard, schemas.load("images"), schemas.load("images").table(columns).to_batches())
+    recommit_in_manifest(ds, "ingest", "images", written)
     return {ids[0]: "empty_image", ids[1]: "undecodable_image", ids[2]: "missing_image"}
+
+
+def recommit_in_manifest(ds: Dataset, stage: str, table: str, written) -> None:
+    """Record a deliberately rewritten shard in its stage's manifest, as if the stage had written it."""
+    path = ds.run_dir(stage) / "manifest.json"
+    manifest = json.loads(path.read_text())
+    [entry] = manifest["tables"][table]["shards"]
+    entry.update(rows=written.rows, sha256=written.sha256)
+    manifest["tables"][table]["rows"] = written.rows
+    path.write_text(json.dumps(manifest))
 
 
 @pytest.fixture(scope="module")
@@ -177,8 +192,9 @@ def test_new_pairs_are_scored_by_a_new_generation_only(world, tmp_path):
     pairs = ds.scan("pairs").collect().filter(~pl.col("image_a_id").is_in(list(damaged)))
     moved = pairs.head(6).with_columns(pl.col(c).reverse() for c in ("prompt", "prompt_id")) \
         .with_columns(pair_id=pl.col("pair_id") + "-moved")  # the same images under other prompts: new keys
-    write_shard(ds.table_dir("pairs") / "extra-00000.arrow", schemas.load("pairs"),
-                schemas.load("pairs").table({c: moved[c].to_arrow() for c in moved.columns}).to_batches())
+    extra = write_shard(ds.table_dir("pairs") / "extra-00000.arrow", schemas.load("pairs"),
+                        schemas.load("pairs").table({c: moved[c].to_arrow() for c in moved.columns}).to_batches())
+    commit_files(path, "extra", {"pairs": [extra]})
     cli("scores", "compute", str(path), "--scorer", "world")
     both = ds.scan("scores").collect()
     new = both.join(first, on=["image_id", "prompt_id"], how="anti")
@@ -196,8 +212,9 @@ def test_the_world_scorer_refuses_a_foreign_prompt_before_any_work(world, tmp_pa
     [shard] = ds.shards("pairs")
     pairs = ds.read_table("pairs")
     prompts = ["a photo of a cat"] + pairs["prompt"].to_pylist()[1:]
-    write_shard(shard, schemas.load("pairs"), schemas.load("pairs").table(
+    written = write_shard(shard, schemas.load("pairs"), schemas.load("pairs").table(
         {c: (prompts if c == "prompt" else pairs[c]) for c in pairs.column_names}).to_batches())
+    recommit_in_manifest(ds, "ingest", "pairs", written)
     before = files(path)
     result = runner.invoke(app, ["scores", "compute", str(path), "--scorer", "world"])
     assert result.exit_code == 2 and "'a photo of a cat' is not a prompt of the synthetic world" in result.output

@@ -177,9 +177,11 @@ class ScoreSummary:
 
 def refuse_foreign_rows(ds: Dataset, scorer: str) -> None:
     """ScorerError if another stage (``scores import``, ``embed``) stored rows under this scorer's name: keys would repeat."""
-    for shard in ds.shards("scores"):
-        if shard.name.startswith(_prefix(scorer)):
-            continue
+    from curate.verify import committed_files
+
+    # Only committed files of other stages: an interrupted run of this scorer is finished, not refused.
+    others = [name for name in committed_files(ds).get("scores", {}) if not name.startswith(_prefix(scorer))]
+    for shard in (ds.table_dir("scores") / name for name in sorted(others)):
         if scorer in pc.unique(read_shard(shard, ["scorer"])["scorer"]).to_pylist():
             run = shard.name.rsplit("-", 1)[0]
             raise ScorerError(f"{shard}: scores named {scorer!r} are already stored by another stage (runs/{run}, "

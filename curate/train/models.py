@@ -85,6 +85,9 @@ def _model_index(model: str, revision: str | None) -> dict:
             raise FileNotFoundError(f"model folder {model} has no model_index.json; expected a diffusers pipeline "
                                     "folder (pipe.save_pretrained output)")
         return json.loads(index.read_text())
+    if _looks_like_path(model):
+        raise FileNotFoundError(f"model folder {model} does not exist; pass an existing diffusers pipeline folder "
+                                "(pipe.save_pretrained output) or a hub id such as runwayml/stable-diffusion-v1-5")
     from huggingface_hub import hf_hub_download
 
     try:
@@ -92,9 +95,15 @@ def _model_index(model: str, revision: str | None) -> dict:
     except Exception as err:
         offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
         hint = ("HF_HUB_OFFLINE is set and it is not in the local cache: download it first "
-                f"(`huggingface-cli download {model}`) or pass a local diffusers folder") if offline else \
+                f"(`hf download {model}`) or pass a local diffusers folder") if offline else \
                "check the hub id and your network, or pass a local diffusers folder"
         raise FileNotFoundError(f"cannot load model {model!r} (not a local folder): {hint}") from err
+
+
+def _looks_like_path(model: str) -> bool:
+    """A hub id is `name` or `owner/name`; anything else (absolute, relative, deeper, a file) is a path."""
+    return (model.startswith(("/", "./", "../", "~")) or model.count("/") > 1 or "\\" in model
+            or Path(model).exists())
 
 
 def unet_dtype(cfg):
