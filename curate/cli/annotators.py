@@ -45,7 +45,17 @@ def annotators(
         ("Bradley-Terry", "yes" if stats.get("signals:bradley_terry") else "no"),
         ("taste groups", stats.get("taste_groups", 0)),
         ("Krippendorff's alpha", "n/a (no pair judged twice)" if alpha == -1000 else f"{alpha / 1000:.3f}"),
+        *taste_rows(dataset),
     ])
+
+
+def taste_rows(dataset) -> list[tuple[str, str]]:
+    """One line per taste group: people (sum of memberships) and share of judgements."""
+    from curate.report.tastes import taste_groups
+    from curate.dataset import Dataset
+
+    return [(f"  {g['name']}", f"{g['people']:.1f} people, {g['judgement_share']:.1%} of judgements")
+            for g in taste_groups(Dataset(dataset)) or []]
 
 
 def flag(
