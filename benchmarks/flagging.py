@@ -14,7 +14,8 @@ Dawid-Skene (task = the unordered image pair, label = which image won), Bradley-
 NoisyBradleyTerry (minority score = how much the fit prefers the loser). AUROC against the planted
 minority labels overall, on singly and on multiply judged image pairs; and for annotator types,
 minority or random (positive) against majority annotators with >= 5 judgements: prefcurate's
-1 - majority membership against Dawid-Skene's 1 - accuracy. Each figure is the mean over seeds
+annotators.against_majority (the expected share of a person's labels against the majority taste)
+against Dawid-Skene's 1 - accuracy. Each figure is the mean over seeds
 with its spread (sample standard deviation). Results go to benchmarks/results/flagging.jsonl.
 """
 from __future__ import annotations
@@ -131,7 +132,7 @@ def annotator_separation(root: Path, people: pl.DataFrame, accuracy: pd.Series) 
     types = pl.read_parquet(root / "truth" / "annotators.parquet").select("annotator_id", "type")
     frame = people.join(types, on="annotator_id").filter((pl.col("judgements") >= 5) & (pl.col("type") != "position"))
     positive = frame["type"].is_in(MINORITY_TYPES).to_numpy()
-    ours = 1 - frame["majority_membership"].cast(pl.Float64).to_numpy()
+    ours = frame["against_majority"].cast(pl.Float64).fill_null(np.nan).to_numpy()
     theirs = 1 - accuracy.reindex(frame["annotator_id"].to_numpy()).to_numpy().astype(float)
     heavy = frame.sort("judgements", descending=True).head(1)
     return {"annotators/prefcurate": auroc(ours, positive), "annotators/Dawid-Skene": auroc(theirs, positive),

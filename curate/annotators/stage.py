@@ -81,7 +81,7 @@ class AnnotatorsStage(Stage):
         scorers = scorer_names(dataset)
         fit = fit_crowd(self, cols, raw, scorers, people["who"])
         evidence = crowd.judgement_evidence(fit.model, cols, fit.judgement_resp, raw)
-        agreed = tables.person_agreement(people, cols["who"], evidence["agreement"])
+        agreed = tables.person_agreement(people, cols["who"], evidence)
         out = {"annotators": [tables.annotators_table(self, people, agreed, fit)],
                "taste_groups": [tables.taste_groups_table(fit, cols, evidence, raw, scorers)],
                "image_strengths": [tables.image_strengths_table(fit.model)],

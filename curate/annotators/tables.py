@@ -32,14 +32,19 @@ def merge_people(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return out
 
 
-def person_agreement(people: dict, who: np.ndarray, agreement: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(compared, agreed) per person: judgements with a consensus, and those it agreed with (> 1/2)."""
+def person_agreement(people: dict, who: np.ndarray, evidence: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per person: judgements with a consensus, those it agreed with (> 1/2), and the mean minority
+    score (the expected share of their labels against the majority taste; NaN without one)."""
     order = np.argsort(people["who"])
     known = people["who"][order]
+    n, agreement, minority = len(known), evidence["agreement"], evidence["minority"]
+    mine = lambda has: order[np.searchsorted(known, who[has])]  # noqa: E731
     has = ~np.isnan(agreement) & np.isin(who, known)
-    mine, n = order[np.searchsorted(known, who[has])], len(known)
-    return (np.bincount(mine, minlength=n).astype(np.int64),
-            np.bincount(mine, agreement[has] > 0.5, n).astype(np.int64))
+    scored = ~np.isnan(minority) & np.isin(who, known)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        against = np.bincount(mine(scored), minority[scored], n) / np.bincount(mine(scored), minlength=n)
+    return (np.bincount(mine(has), minlength=n).astype(np.int64),
+            np.bincount(mine(has), agreement[has] > 0.5, n).astype(np.int64), against)
 
 
 def group_names(model: crowd.CrowdModel) -> list[str]:
@@ -57,7 +62,7 @@ def group_names(model: crowd.CrowdModel) -> list[str]:
 def annotators_table(stage, people: dict, counts: tuple[np.ndarray, np.ndarray], fit) -> pa.Table:
     from curate import stats
 
-    compared, agreed = counts
+    compared, agreed, against = counts
     decided = people["judgements"] - people["ties"]
     rel = stats.shrunk_reliability(agreed, compared, level=stage.level)
     verdict = stats.reliability_verdict(rel)
@@ -75,6 +80,7 @@ def annotators_table(stage, people: dict, counts: tuple[np.ndarray, np.ndarray],
         "reliability": pa.array(rel.mean, pa.float32()), "reliability_low": pa.array(rel.lower, pa.float32()),
         "reliability_high": pa.array(rel.upper, pa.float32()),
         "verdict": pa.array(np.choose(verdict + 1, ["unreliable", "undecided", "reliable"]).tolist(), pa.string()),
+        "against_majority": pa.array(against, pa.float32(), from_pandas=True),
         "taste_group": pa.array(names[resp.argmax(axis=1)].tolist(), pa.string()),
         "majority_membership": pa.array(resp[:, fit.model.majority] if len(fit.model.theta) else np.ones(len(resp)), pa.float32()),
         "memberships": _list_column(resp),
