@@ -92,7 +92,11 @@ def crowd_frame(frame: pl.DataFrame) -> pd.DataFrame:
 
 def classic_scores(df: pd.DataFrame) -> tuple[dict[str, np.ndarray], pd.Series]:
     """Minority scores of crowd-kit's Dawid-Skene, Bradley-Terry and NoisyBT; Dawid-Skene's worker accuracy."""
+    import warnings
+
     from crowdkit.aggregation import BradleyTerry, DawidSkene, NoisyBradleyTerry
+
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module="crowdkit")  # NoisyBT's exp overflows
 
     ds = DawidSkene(n_iter=100).fit(df[["task", "worker", "label"]])
     p_lo = ds.probas_["lo"].reindex(df["task"]).to_numpy()

@@ -19,9 +19,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from curate.bradley_terry import Comparisons, fit_comparisons
+from curate.bradley_terry import BTResult, Comparisons, fit_comparisons
 
 LOG_HALF = float(np.log(0.5))
+EM_TOL = 0.01  # EM stops once fewer than EM_UNSETTLED of the people move by more than this
+EM_UNSETTLED = 0.005
+M_STEP_NEWTON = 3  # Newton steps per M-step, warm-started
 
 
 class Judgements(NamedTuple):
@@ -58,14 +61,17 @@ def log_sigmoid(x: np.ndarray) -> np.ndarray:
     return -np.logaddexp(0.0, -x)
 
 
-def fit_component(data: Judgements, weight: np.ndarray, ridge: float, init: np.ndarray | None = None) -> np.ndarray:
-    """Bradley-Terry log-strengths of one component from weighted judgements (weights may be 0)."""
-    from curate.bradley_terry import BTResult
+def fit_component(data: Judgements, weight: np.ndarray, ridge: float, init: np.ndarray | None = None,
+                  newton_steps: int = 200) -> np.ndarray:
+    """Bradley-Terry log-strengths of one component from weighted judgements (weights may be 0).
 
+    Inside EM a few warm-started Newton steps suffice (``newton_steps``): each M-step only has to
+    improve the fit, and the next E-step moves the weights anyway (generalised EM).
+    """
     keep = weight > 1e-9
     rows = Comparisons(data.winner[keep], data.loser[keep], np.zeros(int(keep.sum()), bool), weight[keep])
     start = None if init is None else BTResult(init, 0.0, 0, True)
-    return fit_comparisons(rows, data.n_items, ridge=ridge, tol=1e-4, init=start).scores
+    return fit_comparisons(rows, data.n_items, ridge=ridge, tol=1e-4, max_iter=newton_steps, init=start).scores
 
 
 def curvature(theta: np.ndarray, data: Judgements, weight: np.ndarray, ridge: float) -> np.ndarray:
@@ -115,16 +121,18 @@ def people_share(resp: np.ndarray, data: Judgements) -> np.ndarray:
 
 
 def run_em(data: Judgements, theta: np.ndarray, resp: np.ndarray, ridge: float, iterations: int,
-           tol: float = 1e-3) -> TasteModel:
-    """EM from a starting point until no membership moves by more than ``tol``."""
+           tol: float = EM_TOL) -> TasteModel:
+    """EM from a starting point until the memberships settle: fewer than EM_UNSETTLED of the people
+    move by more than ``tol`` (a few near-even people may swing for ever)."""
     share, log_lik, done = people_share(resp, data), -np.inf, 0
     for done in range(1, iterations + 1):
         previous = resp
         resp, log_lik = memberships(judgement_log_likelihoods(theta, resp, data, ridge), data, share)
         share = people_share(resp, data)
-        theta = np.stack([fit_component(data, resp[data.person, k], ridge, theta[k]) for k in range(len(theta))])
+        theta = np.stack([fit_component(data, resp[data.person, k], ridge, theta[k], M_STEP_NEWTON)
+                          for k in range(len(theta))])
         # The leave-one-out likelihood is not EM's bound, so stop on settled memberships, not on its gain.
-        if np.abs(resp - previous).max() < tol:
+        if (np.abs(resp - previous).max(axis=1) > tol).mean() < EM_UNSETTLED:
             break
     return TasteModel(theta, resp, share, int(np.argmax(share[:-1])), log_lik, done)
 
