@@ -108,3 +108,16 @@ def test_random_clickers_are_not_a_taste():
     model = tm.fit_tastes(data, max_tastes=3)
     assert (model.resp[:20, model.majority] > 0.9).all()
     assert (model.resp[20:, model.majority] < 0.5).all()
+
+
+def test_a_sampled_fit_finds_the_same_tastes():
+    rng = np.random.default_rng(2)
+    strengths = rng.normal(0, 2, 40)
+    data = _world(rng, strengths, [(1, 30)] * 40 + [(-1, 30)] * 10)
+    whole = tm.fit_tastes(data)
+    sampled = tm.fit_tastes_sampled(data, sample=800)  # about half the people drive EM
+    assert tm.sample_people(data, 800).sum() >= 800 > tm.sample_people(data, 800).sum() - 31
+    assert np.array_equal(whole.resp.argmax(axis=1), sampled.resp.argmax(axis=1))
+    assert np.corrcoef(sampled.theta[sampled.majority], strengths)[0, 1] > 0.9
+    same = tm.fit_tastes_sampled(data, sample=len(data.winner))
+    np.testing.assert_array_equal(same.resp, whole.resp)  # at most `sample` judgements: fit_tastes itself

@@ -36,6 +36,7 @@ class AnnotatorsStage(Stage):
     bootstrap: int = 0
     max_tastes: int = 3
     em_iterations: int = 30
+    em_sample: int = 1_000_000  # EM runs on the judgements of a sample of people this size; then one full pass
 
     name = "annotators"
     version = 2
@@ -45,12 +46,14 @@ class AnnotatorsStage(Stage):
     inputs = ("pairs", "scores")
 
     def __post_init__(self):
-        if self.max_tastes < 1 or self.em_iterations < 1:
-            raise ValueError(f"max_tastes {self.max_tastes} and em_iterations {self.em_iterations}: both must be >= 1")
+        if self.max_tastes < 1 or self.em_iterations < 1 or self.em_sample < 1:
+            raise ValueError(f"max_tastes {self.max_tastes}, em_iterations {self.em_iterations}, em_sample "
+                             f"{self.em_sample}: each must be >= 1")
 
     def config(self) -> dict:
         return {"bradley_terry": self.bradley_terry, "ridge": self.ridge, "level": self.level,
-                "bootstrap": self.bootstrap, "max_tastes": self.max_tastes, "em_iterations": self.em_iterations}
+                "bootstrap": self.bootstrap, "max_tastes": self.max_tastes, "em_iterations": self.em_iterations,
+                "em_sample": self.em_sample}
 
     def plan(self, dataset: Dataset) -> list[dict]:
         shards = dataset.require("pairs", "run `prefcurate ingest` first")
@@ -139,7 +142,8 @@ def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list
     taste, data, stability = None, None, None
     if stage.bradley_terry and len(keys) >= 2:
         data = judgements(cols, keys, person, len(who))
-        taste = tm.fit_tastes(data, max_tastes=stage.max_tastes, ridge=stage.ridge, iterations=stage.em_iterations)
+        taste = tm.fit_tastes_sampled(data, stage.em_sample, ridge=stage.ridge, max_tastes=stage.max_tastes,
+                                      iterations=stage.em_iterations)
         resp = taste.resp.astype(np.float32).astype(float)  # as the annotators table stores them
         theta = taste.theta.astype(np.float32).astype(float)
         h = np.stack([tm.curvature(t, data, resp[data.person, k], stage.ridge) for k, t in enumerate(theta)])

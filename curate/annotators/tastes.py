@@ -173,6 +173,35 @@ def fit_tastes(data: Judgements, max_tastes: int = 3, ridge: float = 1.0, iterat
     return model
 
 
+def sample_people(data: Judgements, cap: int, seed: int = 0) -> np.ndarray:
+    """Judgements of whole people, drawn in a seeded random order until they reach ``cap``."""
+    counts = np.bincount(data.person, minlength=data.n_people)
+    order = np.random.default_rng(seed).permutation(data.n_people)
+    taken = order[: int(np.searchsorted(np.cumsum(counts[order]), cap)) + 1]
+    chosen = np.zeros(data.n_people, bool)
+    chosen[taken] = True
+    return chosen[data.person]
+
+
+def fit_tastes_sampled(data: Judgements, sample: int, ridge: float = 1.0, newton_steps: int = 10, **options) -> TasteModel:
+    """``fit_tastes`` on the judgements of a random sample of whole people (about ``sample`` of
+    them), then one pass over everything: memberships for every person, each component refitted on
+    all judgements (warm-started), and the memberships again. At most ``sample`` judgements, it is
+    ``fit_tastes`` itself."""
+    if len(data.winner) <= sample:
+        return fit_tastes(data, ridge=ridge, **options)
+    keep = sample_people(data, sample)
+    model = fit_tastes(Judgements(data.winner[keep], data.loser[keep], data.person[keep], data.n_items, data.n_people),
+                       ridge=ridge, **options)
+    theta, share = model.theta, model.share
+    resp, _ = memberships(judgement_log_likelihoods(theta, model.resp, data, ridge), data, share)
+    theta = np.stack([fit_component(data, resp[data.person, k], ridge, theta[k], newton_steps) for k in range(len(theta))])
+    share = people_share(resp, data)
+    resp, log_lik = memberships(judgement_log_likelihoods(theta, resp, data, ridge), data, share)
+    share = people_share(resp, data)
+    return TasteModel(theta, resp, share, int(np.argmax(share[:-1])), log_lik, model.iterations + 1)
+
+
 def majority_accuracy(margin: np.ndarray, weight: np.ndarray) -> float:
     """How often a majority member's label follows the majority fit: weighted share of margins > 0
     (a margin of exactly 0 counts half), kept within [0.5, 0.99]."""
