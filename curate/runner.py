@@ -34,15 +34,12 @@ import pyarrow as pa
 
 from curate import __version__
 from curate import schema as schemas
-from curate.dataset import Dataset, DatasetError, ShardWriter, WrittenShard, file_sha256, write_json_atomic, write_shard
+from curate.dataset import Dataset, ShardWriter, WrittenShard, file_sha256, write_json_atomic, write_shard
+from curate.partials import UnsafePartial, load_partial, save_partial
 
 
 class FingerprintMismatch(RuntimeError):
     """``--resume`` was asked for, but the config or the inputs changed since the interrupted run."""
-
-
-class UnsafePartial(DatasetError):
-    """A stored partial that is not declared data (a pickle, or arrays of Python objects): never loaded."""
 
 
 @dataclass
@@ -281,34 +278,6 @@ def _run_shard(job: tuple[Stage, Any, int, str]) -> ShardResult:
     _write_record(dataset, stage, index, {"index": index, "stats": result.stats,
                                           "outputs": [{"table": t, **vars(o)} for t, o in outputs.items()]})
     return result
-
-
-def save_partial(path: Path, partial: dict[str, np.ndarray], stage: str) -> None:
-    """Store a shard's partial as .npz (atomic rename); only arrays of numbers, bools or fixed strings."""
-    if not isinstance(partial, dict):
-        raise TypeError(f"stage {stage}: ctx.partial must be a dict of numpy arrays; got {type(partial).__name__}")
-    arrays = {}
-    for key, value in partial.items():
-        array = np.asarray(value)
-        if array.dtype.hasobject:
-            raise TypeError(f"stage {stage}: partial {key!r} holds Python objects ({array.dtype}); store numbers, "
-                            f"bools or fixed-width strings (np.array(values, dtype=str)) so it reads back without pickle")
-        arrays[key] = array
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    tmp.replace(path)
-
-
-def load_partial(path: Path) -> dict[str, np.ndarray]:
-    """Read a stored partial without pickle; anything else is refused with the file and the fix."""
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            return {key: stored[key] for key in stored.files}
-    except (ValueError, OSError) as exc:
-        raise UnsafePartial(f"refusing partial {path}: not plain arrays ({exc}); delete {path.parent} "
-                            f"and run again without --resume") from None
 
 
 def _record_path(dataset: Dataset, stage: Stage, index: int) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from curate.runner import UnsafePartial, load_partial, save_partial
+from curate.partials import UnsafePartial, load_partial, save_partial
 
 
 def test_partials_round_trip_as_plain_arrays(tmp_path):

@@ -1,8 +1,9 @@
 """Per-shard facts the annotator and flag stages are built from (pure functions over polars frames).
 
 A judgement's *signals* are margins for its labelled winner from independent evidence: each scorer
-(an AI annotator), a Bradley-Terry fit over all judgements, and other people's votes on the same
-prompt and images. Positive means the evidence agrees with the label.
+(an AI annotator), the majority taste of the crowd model, and other people's votes on the same
+prompt and images. Positive means the evidence agrees with the label. A shard's facts are plain
+arrays (``judgement_columns``, ``person_columns``): they travel as declared partials.
 """
 from __future__ import annotations
 
@@ -33,11 +34,6 @@ def with_keys(pairs: pl.DataFrame) -> pl.DataFrame:
         hi_wins=pl.when(a_first).then(votes_b).otherwise(votes_a),
         tied=tied.cast(pl.Int64),
     )
-
-
-def group_votes(keyed: pl.DataFrame) -> pl.DataFrame:
-    """Votes per (prompt, image pair) group: partial sums that merge by adding."""
-    return keyed.group_by("group").agg(pl.col("lo_wins").sum(), pl.col("hi_wins").sum(), pl.col("tied").sum())
 
 
 def annotator_counts(pairs: pl.DataFrame) -> pl.DataFrame:
@@ -139,8 +135,3 @@ def scorer_margins(pairs: pl.DataFrame, scores: pl.DataFrame, scorers: list[str]
         diff = (joined["score_a"] - joined["score_b"]).cast(pl.Float64).fill_null(np.nan).to_numpy()
         out[k] = diff * sign
     return out
-
-
-def laplace_share(agree: np.ndarray, total: np.ndarray) -> np.ndarray:
-    """(agree + 1) / (total + 2): a vote share that is never exactly 0 or 1 on a handful of votes."""
-    return (agree + 1.0) / (total + 2.0)

@@ -90,7 +90,7 @@ class AnnotatorsStage(Stage):
                "image_strengths": [tables.image_strengths_table(fit.model)],
                "vote_groups": [tables.vote_groups_table(fit.model.groups)],
                "signal_scales": [tables.signal_scales_table(fit.model)],
-               "bt_stability": [tables.stability_table(self, fit)]}
+               "bt_stability": [tables.stability_table(fit)]}
         verdicts = out["annotators"][0]["verdict"].to_pylist()
         stats = {"annotators": len(verdicts), **{f"verdict:{v}": verdicts.count(v) for v in set(verdicts)},
                  "signals:bradley_terry": int(self.bradley_terry), "signals:scorers": len(scorers),
@@ -191,9 +191,8 @@ def bootstrap_stability(data: tm.Judgements, weight: np.ndarray, stage: Annotato
     from curate.bradley_terry import bootstrap_consensus
 
     keep = weight > 0
-    consensus = bootstrap_consensus(data.winner[keep], data.loser[keep], data.person[keep], data.n_items,
-                                    n_boot=stage.bootstrap, weights=weight[keep], ridge=stage.ridge)
-    return consensus
+    return bootstrap_consensus(data.winner[keep], data.loser[keep], data.person[keep], data.n_items,
+                               n_boot=stage.bootstrap, weights=weight[keep], ridge=stage.ridge)
 
 
 def alpha_x1000(groups: sig.VoteGroups) -> int:

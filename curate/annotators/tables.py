@@ -59,7 +59,7 @@ def group_names(model: crowd.CrowdModel) -> list[str]:
     return names + ["random"]
 
 
-def annotators_table(stage, people: dict, counts: tuple[np.ndarray, np.ndarray], fit) -> pa.Table:
+def annotators_table(stage, people: dict, counts: tuple[np.ndarray, np.ndarray, np.ndarray], fit) -> pa.Table:
     from curate import stats
 
     compared, agreed, against = counts
@@ -155,7 +155,7 @@ def signal_scales_table(model: crowd.CrowdModel) -> pa.Table:
         "in_metric": pa.array([True] * len(model.signals) + [False, False])})
 
 
-def stability_table(stage, fit) -> pa.Table:
+def stability_table(fit) -> pa.Table:
     if fit.stability is None:
         return schemas.load("bt_stability").empty()
     keys, consensus = fit.model.image_keys, fit.stability
