@@ -77,10 +77,12 @@ def child(kind: str, root: Path, bradley_terry: bool) -> None:
         from curate.runner import run_stage
 
         started = time.perf_counter()
-        run_stage(AnnotatorsStage(bradley_terry=bradley_terry), root)
+        report = run_stage(AnnotatorsStage(bradley_terry=bradley_terry), root)
         middle = time.perf_counter()
         run_stage(FlagStage(), root)
-        times = {"annotators": middle - started, "flag": time.perf_counter() - middle}
+        consensus = report.passes[0].wall_seconds
+        times = {"annotators (model)": middle - started - consensus, "annotators (consensus)": consensus,
+                 "flag": time.perf_counter() - middle}
     else:
         started = time.perf_counter()
         pandas_same_statistics(root)

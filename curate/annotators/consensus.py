@@ -20,7 +20,7 @@ from curate.annotators.stage import scorer_names, shard_scorer_margins
 from curate.annotators.tables import read_model
 from curate.stats import unit_sketch
 from curate.dataset import Dataset
-from curate.runner import Finalized, ShardContext, Stage
+from curate.runner import Finalized, ShardContext, Stage, table_fingerprint
 
 MODEL_TABLES = ("annotators", "taste_groups", "image_strengths", "vote_groups", "signal_scales", "bt_stability")
 
@@ -42,7 +42,7 @@ class ConsensusStage(Stage):
         import polars as pl
 
         pairs = pl.read_ipc(spec["pairs"], columns=sig.PAIR_COLUMNS)
-        model = read_model(ctx.dataset)
+        model = cached_model(ctx.dataset)
         cols = sig.judgement_columns(pairs, sig.with_keys(pairs))
         raw = shard_scorer_margins(ctx.dataset, pairs, spec["scorers"]).astype(np.float32).astype(float)
         resp, reliability = authors(ctx.dataset, pairs, model)
@@ -58,6 +58,18 @@ class ConsensusStage(Stage):
         table = schemas.load("minority_sketch").table({"bin": pa.array(merged, pa.int32()),
                                                        "count": np.bincount(index, counts, len(merged)).astype(np.int64)})
         return Finalized({"scored": int(counts.sum())}, {"minority_sketch": [table]})
+
+
+_MODELS: dict[tuple, crowd.CrowdModel] = {}
+
+
+def cached_model(dataset: Dataset) -> crowd.CrowdModel:
+    """The crowd model, read once per process and content (keyed by the checksums of its tables)."""
+    key = (str(dataset.root), *(table_fingerprint(dataset, t) for t in MODEL_TABLES))
+    if key not in _MODELS:
+        _MODELS.clear()
+        _MODELS[key] = read_model(dataset)
+    return _MODELS[key]
 
 
 def authors(dataset: Dataset, pairs, model: crowd.CrowdModel) -> tuple[np.ndarray, np.ndarray]:
