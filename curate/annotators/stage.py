@@ -139,27 +139,12 @@ def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list
     keys = np.unique(np.concatenate([cols["key_a"][decided], cols["key_b"][decided]]))
     scorer_rms = np.array([sig.rms(r) for r in raw])
     slope = crowd.fit_slope(crowd.mean_scorer_margin(raw, scorer_rms))
-    taste, data, stability = None, None, None
+    model = crowd.CrowdModel(np.zeros(0, np.int64), np.zeros((0, 0)), np.zeros((0, 0)), 0, 0.5, np.ones(1),
+                             groups, (), np.zeros(0), slope)
+    resp, taste, data, stability = np.ones((len(who), 1)), None, None, None
     if stage.bradley_terry and len(keys) >= 2:
         data = judgements(cols, keys, person, len(who))
-        taste = tm.fit_tastes_sampled(data, stage.em_sample, ridge=stage.ridge, max_tastes=stage.max_tastes,
-                                      iterations=stage.em_iterations)
-        resp = taste.resp.astype(np.float32).astype(float)  # as the annotators table stores them
-        theta = taste.theta.astype(np.float32).astype(float)
-        h = np.stack([tm.curvature(t, data, resp[data.person, k], stage.ridge) for k, t in enumerate(theta)])
-        h = h.astype(np.float32).astype(float)
-        margins = tm.leave_one_out_margin(theta[taste.majority][data.winner] - theta[taste.majority][data.loser],
-                                          resp[data.person, taste.majority], h[taste.majority][data.winner],
-                                          h[taste.majority][data.loser])
-        alpha = tm.majority_accuracy(margins, resp[data.person, taste.majority])
-        share = taste.share.astype(np.float32).astype(float)
-        model = crowd.CrowdModel(keys, theta, h, taste.majority, alpha, share, groups, (), np.zeros(0), slope)
-        if stage.bootstrap > 0:
-            stability = bootstrap_stability(data, resp[data.person, taste.majority], stage)
-    else:
-        resp = np.ones((len(who), 1))
-        model = crowd.CrowdModel(np.zeros(0, np.int64), np.zeros((0, 0)), np.zeros((0, 0)), 0, 0.5, np.ones(1),
-                                 groups, (), np.zeros(0), slope)
+        model, resp, taste, stability = fit_taste_model(stage, data, model._replace(image_keys=keys))
     judgement_resp = np.where(np.isin(who, known)[:, None], resp, model.share[None, :])[person]
     evidence = crowd.judgement_evidence(model, cols, judgement_resp, raw)
     names = [f"scorer:{s}" for s in scorers] + (["bradley_terry"] if taste is not None else [])
@@ -169,6 +154,22 @@ def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list
         rms.append(sig.rms(evidence["vote_margin"]))
     model = model._replace(signals=tuple(names), signal_rms=np.array(rms, dtype=float))
     return CrowdFit(model, who, resp, judgement_resp, taste, data, stability)
+
+
+def fit_taste_model(stage: AnnotatorsStage, data: tm.Judgements, model: crowd.CrowdModel):
+    """EM over people, then the model as its tables will hold it (float32): strengths, curvatures,
+    the majority, alpha and the people share; with the per-person memberships and the bootstrap."""
+    taste = tm.fit_tastes_sampled(data, stage.em_sample, ridge=stage.ridge, max_tastes=stage.max_tastes,
+                                  iterations=stage.em_iterations)
+    as_stored = lambda x: x.astype(np.float32).astype(float)  # noqa: E731
+    resp, theta, k = as_stored(taste.resp), as_stored(taste.theta), taste.majority
+    h = as_stored(np.stack([tm.curvature(t, data, resp[data.person, c], stage.ridge) for c, t in enumerate(theta)]))
+    own = resp[data.person, k]
+    margins = tm.leave_one_out_margin(theta[k][data.winner] - theta[k][data.loser], own, h[k][data.winner], h[k][data.loser])
+    model = model._replace(theta=theta, curvature=h, majority=k, alpha=tm.majority_accuracy(margins, own),
+                           share=as_stored(taste.share))
+    stability = bootstrap_stability(data, own, stage) if stage.bootstrap > 0 else None
+    return model, resp, taste, stability
 
 
 def vote_groups(cols: dict) -> sig.VoteGroups:
