@@ -74,11 +74,17 @@ class VoteGroups(NamedTuple):
     tied: np.ndarray
 
 
-def lookup(sorted_keys: np.ndarray, values: np.ndarray, keys: np.ndarray, missing=np.nan) -> np.ndarray:
-    """values[i] where sorted_keys[i] == key, else ``missing``."""
+def positions(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each key sits in ``sorted_keys``, and whether it is there at all (one search, many lookups)."""
     pos = np.clip(np.searchsorted(sorted_keys, keys), 0, max(len(sorted_keys) - 1, 0))
     found = (sorted_keys[pos] == keys) if len(sorted_keys) else np.zeros(len(keys), bool)
-    out = np.full(len(keys), missing, dtype=float)
+    return pos, found
+
+
+def lookup(found_at: tuple[np.ndarray, np.ndarray], values: np.ndarray, missing=np.nan) -> np.ndarray:
+    """values at the ``positions`` found, else ``missing``."""
+    pos, found = found_at
+    out = np.full(len(pos), missing, dtype=float)
     out[found] = values[pos[found]]
     return out
 
@@ -88,11 +94,11 @@ def other_votes(cols: dict[str, np.ndarray], groups: VoteGroups) -> dict[str, np
 
     A multi-vote row IS the crowd: its own votes are the consensus for its majority label.
     """
-    group, multi = cols["group"], cols["multi"]
+    multi, at = cols["multi"], positions(groups.group, cols["group"])
     own = {c: cols[c].astype(float) for c in ("lo_wins", "hi_wins", "tied")}
-    lo = np.where(multi, own["lo_wins"], lookup(groups.group, groups.lo_wins, group, 0) - own["lo_wins"])
-    hi = np.where(multi, own["hi_wins"], lookup(groups.group, groups.hi_wins, group, 0) - own["hi_wins"])
-    ties = np.where(multi, 0, lookup(groups.group, groups.tied, group, 0) - own["tied"])
+    lo = np.where(multi, own["lo_wins"], lookup(at, groups.lo_wins, 0) - own["lo_wins"])
+    hi = np.where(multi, own["hi_wins"], lookup(at, groups.hi_wins, 0) - own["hi_wins"])
+    ties = np.where(multi, 0, lookup(at, groups.tied, 0) - own["tied"])
     a_is_lo = cols["key_a"] < cols["key_b"]
     for_a, for_b = np.where(a_is_lo, lo, hi), np.where(a_is_lo, hi, lo)
     agree = np.where(cols["sign"] > 0, for_a, for_b)

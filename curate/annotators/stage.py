@@ -36,7 +36,7 @@ class AnnotatorsStage(Stage):
     bootstrap: int = 0
     max_tastes: int = 3
     em_iterations: int = 30
-    em_sample: int = 1_000_000  # EM runs on the judgements of a sample of people this size; then one full pass
+    em_sample: int = 200_000  # EM runs on the judgements of a sample of people this size; then one full pass
 
     name = "annotators"
     version = 2
@@ -83,7 +83,7 @@ class AnnotatorsStage(Stage):
         raw = np.concatenate([p["scorer_margins"] for p in parts], axis=1).astype(float)
         scorers = scorer_names(dataset)
         fit = fit_crowd(self, cols, raw, scorers, people["who"])
-        evidence = crowd.judgement_evidence(fit.model, cols, fit.judgement_resp, raw)
+        evidence = fit.evidence
         agreed = tables.person_agreement(people, cols["who"], evidence)
         out = {"annotators": [tables.annotators_table(self, people, agreed, fit)],
                "taste_groups": [tables.taste_groups_table(fit, cols, evidence, raw, scorers)],
@@ -124,6 +124,7 @@ class CrowdFit:
     judgement_resp: np.ndarray
     taste: tm.TasteModel | None
     data: tm.Judgements | None
+    evidence: dict
     stability: object = None
 
 
@@ -153,7 +154,7 @@ def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list
         names.append("votes")
         rms.append(sig.rms(evidence["vote_margin"]))
     model = model._replace(signals=tuple(names), signal_rms=np.array(rms, dtype=float))
-    return CrowdFit(model, who, resp, judgement_resp, taste, data, stability)
+    return CrowdFit(model, who, resp, judgement_resp, taste, data, evidence, stability)
 
 
 def fit_taste_model(stage: AnnotatorsStage, data: tm.Judgements, model: crowd.CrowdModel):

@@ -183,7 +183,7 @@ def sample_people(data: Judgements, cap: int, seed: int = 0) -> np.ndarray:
     return chosen[data.person]
 
 
-def fit_tastes_sampled(data: Judgements, sample: int, ridge: float = 1.0, newton_steps: int = 10, **options) -> TasteModel:
+def fit_tastes_sampled(data: Judgements, sample: int, ridge: float = 1.0, newton_steps: int = 3, **options) -> TasteModel:
     """``fit_tastes`` on the judgements of a random sample of whole people (about ``sample`` of
     them), then one pass over everything: memberships for every person, each component refitted on
     all judgements (warm-started), and the memberships again. At most ``sample`` judgements, it is
