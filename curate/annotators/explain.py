@@ -40,7 +40,7 @@ def explain_pair(dataset_dir: Path, pair_id: str) -> str:
     for reason in scores["reasons"]:
         lines.append(f"    - {reason}: {REASONS.get(reason, reason)}")
     if consensus:
-        lines.append(f"  consensus ({consensus['source']}): P(labelled winner is better) = {_num(consensus['agreement'])}")
+        lines.append(f"  consensus ({consensus['source']}): P(the majority taste prefers the labelled winner) = {_num(consensus['agreement'])}")
         lines.append(f"    other votes: {consensus['other_votes']} (agreeing share {_num(consensus['other_agree_share'])}), "
                      f"Bradley-Terry margin {_num(consensus['bt_margin'])}"
                      + (f" (order kept in {_num(consensus['bt_stability'], '.0%')} of bootstrap refits)"
