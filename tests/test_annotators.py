@@ -246,3 +246,14 @@ def test_explain_names_the_taste_group(world):
     pair = Dataset(world / "ds").scan("pair_scores").filter(pl.col("is_minority")).collect()["pair_id"][0]
     out = cli("flag", str(world / "ds"), "--explain", pair)
     assert "taste group" in out and "majority" in out
+
+
+def test_consensus_files_of_the_older_stage_are_named_with_the_fix(world, tmp_path):
+    import shutil
+
+    shutil.copytree(world / "ds", tmp_path / "ds")
+    old = tmp_path / "ds" / "tables" / "consensus" / "annotators-00000.arrow"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"left by the one-pass annotators stage")
+    result = runner.invoke(app, ["annotators", str(tmp_path / "ds")])
+    assert result.exit_code == 2 and "annotators-00000.arrow" in result.output and "delete them" in result.output

@@ -19,7 +19,7 @@ from curate.annotators import signals as sig
 from curate.annotators.stage import scorer_names, shard_scorer_margins
 from curate.annotators.tables import read_model
 from curate.stats import unit_sketch
-from curate.dataset import Dataset
+from curate.dataset import Dataset, DatasetError
 from curate.runner import Finalized, ShardContext, Stage, table_fingerprint
 
 MODEL_TABLES = ("annotators", "taste_groups", "image_strengths", "vote_groups", "signal_scales", "bt_stability")
@@ -36,6 +36,10 @@ class ConsensusStage(Stage):
         shards = dataset.require("pairs", "run `prefcurate ingest` first")
         for table in MODEL_TABLES:
             dataset.require(table, "run `prefcurate annotators` (it writes the crowd model, then the consensus)")
+        stale = [p.name for p in dataset.shards("consensus") if not p.name.startswith(f"{self.name}-")]
+        if stale:
+            raise DatasetError(f"{dataset.table_dir('consensus')} holds {len(stale)} consensus file(s) of an older "
+                               f"annotators stage ({stale[0]}, ...); delete them and rerun `prefcurate annotators`")
         return [{"pairs": str(p), "scorers": scorer_names(dataset)} for p in shards]
 
     def process(self, spec: dict, ctx: ShardContext):
