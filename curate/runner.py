@@ -109,7 +109,8 @@ class Stage:
         return {}
 
     def then(self) -> list["Stage"]:
-        """Later passes of the same command: stages that read this one's tables, run after it commits."""
+        """Later passes of the same command: stages that read this one's tables, run after it commits
+        (a later pass has no later passes of its own)."""
         return []
 
     def shard_file(self, table: str, index: int) -> str:
@@ -376,8 +377,7 @@ def run_stage(stage: Stage, dataset: Dataset | str | Path, executor: Executor | 
     dataset = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
     executor = executor or LocalExecutor()
     report = _run_one(stage, dataset, executor, resume, skip_complete)
-    for later in stage.then():
-        report.passes.append(run_stage(later, dataset, executor, resume=resume, skip_complete=skip_complete))
+    report.passes = [_run_one(later, dataset, executor, resume, skip_complete) for later in stage.then()]
     return report
 
 
