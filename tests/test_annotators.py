@@ -253,7 +253,7 @@ def test_consensus_files_of_the_older_stage_are_named_with_the_fix(world, tmp_pa
 
     shutil.copytree(world / "ds", tmp_path / "ds")
     old = tmp_path / "ds" / "tables" / "consensus" / "annotators-00000.arrow"
-    old.parent.mkdir(parents=True)
+    old.parent.mkdir(parents=True, exist_ok=True)
     old.write_bytes(b"left by the one-pass annotators stage")
     result = runner.invoke(app, ["annotators", str(tmp_path / "ds")])
     assert result.exit_code == 2 and "annotators-00000.arrow" in result.output and "delete them" in result.output
