@@ -168,6 +168,7 @@ def main() -> None:
     parser.add_argument("--judgements", type=int, default=10_000_000)
     parser.add_argument("--annotators", type=int, default=200_000)
     parser.add_argument("--work", type=Path, default=Path("/tmp/prefcurate-bench-annotators"))
+    parser.add_argument("--model-only", action="store_true", help="Only the run with the crowd model (no baseline).")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -179,7 +180,7 @@ def main() -> None:
         started = time.perf_counter()
         generate(root, args.judgements, args.annotators)
         print(f"generated {args.judgements:,} judgements in {time.perf_counter() - started:.0f} s")
-    for bt in (True, False):
+    for bt in (True,) if args.model_only else (True, False):
         for sub in ("runs", *(f"tables/{t}" for t in OUTPUT_TABLES)):
             shutil.rmtree(root / sub, ignore_errors=True)
         ours = measure("prefcurate", root, bt)
@@ -187,6 +188,8 @@ def main() -> None:
         print(f"prefcurate annotators + flag ({'with the crowd model' if bt else 'without it'}): {total:.1f} s wall, "
               f"{ours['cpu_seconds']:.1f} s CPU ({', '.join(f'{k} {v:.1f} s' for k, v in ours['times'].items())}), "
               f"peak RSS {ours['peak_rss_mb']:,.0f} MB (targets: <= 60 s, <= 6,000 MB)")
+    if args.model_only:
+        return
     base = measure("pandas", root)
     print(f"pandas, the same statistics as `annotators --no-bradley-terry` + `flag` (in memory, nothing written): "
           f"{base['times']['pandas']:.1f} s wall, {base['cpu_seconds']:.1f} s CPU, peak RSS {base['peak_rss_mb']:,.0f} MB; "
