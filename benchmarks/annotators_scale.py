@@ -5,9 +5,11 @@
 
 A pairs table is generated directly (vectorised; prompts with 4 images each, labels from a latent
 quality with noise), written as ingest would write it. Then, each in a fresh process so its peak RSS
-is its own: (1) `prefcurate annotators` + `prefcurate flag` in-process; (2) the baseline: plain pandas
-groupby of the per-annotator statistics (judgements, ties, first-image choices, agreement with a
-given consensus) on the same table. Bradley-Terry is timed against choix on a size choix handles.
+is its own: (1) `prefcurate annotators` + `prefcurate flag` in-process, with the crowd model (taste
+groups by EM) and without it (--no-bradley-terry); (2) the baseline: plain pandas computing the same
+statistics as the run without the model (vote groups, other votes, per-annotator counts, agreement,
+position bias, shrunk reliability, minority scores and flags) on the same table, in memory.
+Bradley-Terry is timed against choix on a size choix handles.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+OUTPUT_TABLES = ("consensus", "annotators", "pair_scores", "taste_groups", "image_strengths", "vote_groups",
+                 "signal_scales", "bt_stability", "minority_sketch")
 
 def peak_rss_mb() -> float:
     """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries that over from the parent across fork+exec."""
@@ -75,30 +79,61 @@ def child(kind: str, root: Path, bradley_terry: bool) -> None:
         from curate.annotators.stage import AnnotatorsStage
         from curate.runner import run_stage
 
-        started = time.perf_counter()
-        run_stage(AnnotatorsStage(bradley_terry=bradley_terry), root)
+        started, cpu = time.perf_counter(), time.process_time()
+        report = run_stage(AnnotatorsStage(bradley_terry=bradley_terry), root)
         middle = time.perf_counter()
         run_stage(FlagStage(), root)
-        times = {"annotators": middle - started, "flag": time.perf_counter() - middle}
+        consensus = report.passes[0].wall_seconds
+        times = {"annotators (model)": middle - started - consensus, "annotators (consensus)": consensus,
+                 "flag": time.perf_counter() - middle}
+        cpu = time.process_time() - cpu
     else:
-        import pandas as pd
-        import pyarrow as pa
-        import pyarrow.ipc as ipc
+        started, cpu = time.perf_counter(), time.process_time()
+        pandas_same_statistics(root)
+        times, cpu = {"pandas": time.perf_counter() - started}, time.process_time() - cpu
+    print(json.dumps({"times": times, "cpu_seconds": cpu, "peak_rss_mb": peak_rss_mb()}))
 
-        started = time.perf_counter()
-        frame = pd.concat([ipc.open_file(pa.memory_map(str(p))).read_all().select(
-            ["annotator_id", "label", "image_a_id", "image_b_id"]).to_pandas()
-            for p in sorted((root / "tables" / "pairs").glob("*.arrow"))])
-        frame["tie"] = frame["label"] == "tie"
-        frame["chose_a"] = frame["label"] == "a"
-        # consensus stand-in: the majority label per image pair, then agreement per annotator
-        frame["key"] = frame["image_a_id"].str.cat(frame["image_b_id"])
-        frame["majority_a"] = frame.groupby("key")["chose_a"].transform("mean") > 0.5
-        frame["agreed"] = (frame["chose_a"] == frame["majority_a"]) & ~frame["tie"]
-        frame.groupby("annotator_id").agg(judgements=("label", "size"), ties=("tie", "sum"),
-                                          chose_a=("chose_a", "sum"), agreed=("agreed", "sum"))
-        times = {"pandas": time.perf_counter() - started}
-    print(json.dumps({"times": times, "peak_rss_mb": peak_rss_mb()}))
+
+def pandas_same_statistics(root: Path):
+    """What `annotators --no-bradley-terry` + `flag` compute, in plain pandas (in memory, nothing written):
+    votes per (prompt, image pair) group, each judgement's other votes (agreeing share, entropy) and
+    log-odds consensus, per-annotator counts, agreement, position-bias p-value and shrunk reliability,
+    and each judgement's minority score and flag."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    from curate.annotators.crowd import combine
+    from curate.stats import position_bias_pvalue, reliability_verdict, shrunk_reliability
+
+    frame = pd.concat([ipc.open_file(pa.memory_map(str(p))).read_all().select(
+        ["annotator_id", "label", "prompt_id", "image_a_id", "image_b_id"]).to_pandas()
+        for p in sorted((root / "tables" / "pairs").glob("*.arrow"))], ignore_index=True)
+    a_first = frame["image_a_id"] < frame["image_b_id"]
+    frame["group"] = frame["prompt_id"] + frame["image_a_id"].where(a_first, frame["image_b_id"]) \
+        + frame["image_b_id"].where(a_first, frame["image_a_id"])
+    frame["lo"] = np.where(a_first, frame["label"] == "a", frame["label"] == "b")
+    frame["hi"] = np.where(a_first, frame["label"] == "b", frame["label"] == "a")
+    frame["tie"] = frame["label"] == "tie"
+    totals = frame.groupby("group")[["lo", "hi", "tie"]].transform("sum")
+    others = totals - frame[["lo", "hi", "tie"]].astype(int)
+    agree = np.where(frame["label"] == "a", np.where(a_first, others["lo"], others["hi"]),
+                     np.where(a_first, others["hi"], others["lo"]))
+    total = others["lo"] + others["hi"]
+    shares = totals.to_numpy() / totals.to_numpy().sum(axis=1, keepdims=True)
+    frame["entropy"] = -np.nansum(np.where(shares > 0, shares * np.log2(np.where(shares > 0, shares, 1)), 0), axis=1)
+    decided = ~frame["tie"].to_numpy()
+    agreement = np.where(decided & (total > 0), 1 / (1 + (total - agree + 1) / (agree + 1)), np.nan)
+    frame["compared"], frame["agreed"] = ~np.isnan(agreement), agreement > 0.5
+    frame["chose_a"] = frame["label"] == "a"
+    people = frame.groupby("annotator_id").agg(judgements=("label", "size"), ties=("tie", "sum"), chose_a=("chose_a", "sum"),
+                                               compared=("compared", "sum"), agreed=("agreed", "sum"))
+    people["position_pvalue"] = position_bias_pvalue(people["chose_a"], people["judgements"] - people["ties"])
+    rel = shrunk_reliability(people["agreed"].to_numpy(), people["compared"].to_numpy())
+    people["reliability"], people["verdict"] = rel.mean, reliability_verdict(rel)
+    r = people["reliability"].where(people["compared"] > 0).reindex(frame["annotator_id"]).to_numpy()
+    score = np.where(decided, combine(agreement, r), np.nan)
+    return people, score >= 0.5
 
 
 def measure(kind: str, root: Path, bradley_terry: bool = True) -> dict:
@@ -136,6 +171,7 @@ def main() -> None:
     parser.add_argument("--judgements", type=int, default=10_000_000)
     parser.add_argument("--annotators", type=int, default=200_000)
     parser.add_argument("--work", type=Path, default=Path("/tmp/prefcurate-bench-annotators"))
+    parser.add_argument("--model-only", action="store_true", help="Only the run with the crowd model (no baseline).")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -147,18 +183,21 @@ def main() -> None:
         started = time.perf_counter()
         generate(root, args.judgements, args.annotators)
         print(f"generated {args.judgements:,} judgements in {time.perf_counter() - started:.0f} s")
-    for bt in (True, False):
-        for sub in ("runs", "tables/consensus", "tables/annotators", "tables/pair_scores"):
+    for bt in (True,) if args.model_only else (True, False):
+        for sub in ("runs", *(f"tables/{t}" for t in OUTPUT_TABLES)):
             shutil.rmtree(root / sub, ignore_errors=True)
         ours = measure("prefcurate", root, bt)
         total = sum(ours["times"].values())
-        print(f"prefcurate annotators + flag ({'with' if bt else 'without'} Bradley-Terry): {total:.1f} s "
-              f"({', '.join(f'{k} {v:.1f} s' for k, v in ours['times'].items())}), peak RSS {ours['peak_rss_mb']:,.0f} MB "
-              f"(targets: <= 60 s, <= 6,000 MB)")
+        print(f"prefcurate annotators + flag ({'with the crowd model' if bt else 'without it'}): {total:.1f} s wall, "
+              f"{ours['cpu_seconds']:.1f} s CPU ({', '.join(f'{k} {v:.1f} s' for k, v in ours['times'].items())}), "
+              f"peak RSS {ours['peak_rss_mb']:,.0f} MB (targets: <= 60 s, <= 6,000 MB)")
+    if args.model_only:
+        return
     base = measure("pandas", root)
-    print(f"pandas groupby of the per-annotator statistics only: {base['times']['pandas']:.1f} s, "
-          f"peak RSS {base['peak_rss_mb']:,.0f} MB; ratio prefcurate(without BT) / pandas = "
-          f"{total / base['times']['pandas']:.2f}")
+    print(f"pandas, the same statistics as `annotators --no-bradley-terry` + `flag` (in memory, nothing written): "
+          f"{base['times']['pandas']:.1f} s wall, {base['cpu_seconds']:.1f} s CPU, peak RSS {base['peak_rss_mb']:,.0f} MB; "
+          f"ratio prefcurate (without the model) / pandas = {total / base['times']['pandas']:.2f} wall, "
+          f"{ours['cpu_seconds'] / base['cpu_seconds']:.2f} CPU")
     bt_against_choix()
 
 

@@ -1,27 +1,38 @@
-"""How well the flags find the planted minority labels of the synthetic world.
+"""How well prefcurate finds the planted minority labels, against crowd-kit's classic crowd models.
 
-    python benchmarks/flagging.py                  # 10%, 20%, 30% minority, 6000 pairs each
-    python benchmarks/flagging.py --pairs 2000 --rates 0.2
+    python benchmarks/flagging.py                                 # labels only, 3 rates x 3 worlds x 3 seeds
+    python benchmarks/flagging.py --pairs 2000 --seeds 1 --rates 0.2 --worlds repeats
+    python benchmarks/flagging.py --scorers                       # also 20% with the domain CLIP scorer
 
-For each minority rate: make a world, run ingest -> embed (the shipped domain CLIP, if present) ->
-annotators -> flag, then score each signal alone and the combination against the truth:
-- annotator side: the annotator's shrunk reliability (low = suspicious);
-- human consensus: the Bradley-Terry margin of the labelled winner, leaving the judgement out;
-- scorer side: the mean normalised CLIP margin of the labelled winner;
-- u: the Adaptive-DPO metric over those signals;
-- combined: the minority score (consensus and reliability as independent evidence).
-AUROC is computed over non-tie judgements; precision and recall are those of the flag itself.
+Worlds (curate.synth, metadata-only Pick-a-Pic unless scorers are on):
+- ``repeats``: 4 images per prompt, so many image pairs are judged several times;
+- ``single``: 16 images per prompt, so almost every image pair is judged once;
+- ``heavy``: as ``repeats``, plus one "artsy" (minority taste) user who makes 30% of all judgements.
+
+Each world runs ingest -> annotators -> flag, and on the very same non-tie judgements crowd-kit's
+Dawid-Skene (task = the unordered image pair, label = which image won), Bradley-Terry and
+NoisyBradleyTerry (minority score = how much the fit prefers the loser). AUROC against the planted
+minority labels overall, on singly and on multiply judged image pairs; and for annotator types,
+minority or random (positive) against majority annotators with >= 5 judgements: prefcurate's
+annotators.against_majority (the expected share of a person's labels against the majority taste)
+against Dawid-Skene's 1 - accuracy. Each figure is the mean over seeds
+with its spread (sample standard deviation). Results go to benchmarks/results/flagging.jsonl.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import polars as pl
 from scipy.stats import rankdata
+
+WORLDS = {"repeats": {}, "single": {"per_prompt": 16}, "heavy": {"heavy_user_share": 0.3}}
+MINORITY_TYPES = ("minority_colour", "minority_artsy", "random")
 
 
 def auroc(score: np.ndarray, truth: np.ndarray) -> float:
@@ -34,72 +45,145 @@ def auroc(score: np.ndarray, truth: np.ndarray) -> float:
     return float((ranks[truth].sum() - pos * (pos + 1) / 2) / (pos * (len(truth) - pos)))
 
 
-def run_world(root: Path, pairs: int, rate: float, seed: int, with_clip: bool) -> pl.DataFrame:
-    from curate.annotators.flag import FlagStage
-    from curate.annotators.stage import AnnotatorsStage
+def build(root: Path, pairs: int, rate: float, seed: int, world: str, scorers: bool) -> Path:
     from curate.ingest.stage import IngestStage
     from curate.runner import run_stage
     from curate.synth.world import WorldConfig, build_world
 
     shutil.rmtree(root, ignore_errors=True)
-    build_world(root, WorldConfig(pairs=pairs, seed=seed, minority_rate=rate, formats=("pickapic",)))
+    build_world(root, WorldConfig(pairs=pairs, seed=seed, minority_rate=rate, formats=("pickapic",), images=scorers,
+                                  **WORLDS[world]))
     ds = root / "ds"
     run_stage(IngestStage(files=[str(p) for p in sorted((root / "pickapic").glob("*.parquet"))], format="pickapic"), ds)
-    if with_clip:
+    if scorers:
         from typer.testing import CliRunner
 
         from curate.cli import app
 
         result = CliRunner().invoke(app, ["embed", str(ds), "--model", "domain"])
         assert result.exit_code == 0, result.output
+    return ds
+
+
+def prefcurate_scores(ds: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Judgements with prefcurate's minority score, and the annotators table."""
+    from curate.annotators.flag import FlagStage
+    from curate.annotators.stage import AnnotatorsStage
+    from curate.dataset import Dataset
+    from curate.runner import run_stage
+
     run_stage(AnnotatorsStage(), ds)
     run_stage(FlagStage(), ds)
-    from curate.dataset import Dataset
-
     d = Dataset(ds)
-    truth = pl.read_parquet(root / "truth" / "pairs.parquet").select("pair_id", truth="is_minority")
-    return (d.scan("pair_scores").collect().join(d.scan("consensus").collect(), on="pair_id")
-            .join(d.scan("pairs").select("pair_id", "label").collect(), on="pair_id").join(truth, on="pair_id")
-            .filter(pl.col("label") != "tie"))
+    pairs = d.scan("pairs").select("pair_id", "image_a_id", "image_b_id", "label", "annotator_id").collect()
+    scores = d.scan("pair_scores").select("pair_id", "minority_score").collect()
+    return pairs.join(scores, on="pair_id").filter(pl.col("label") != "tie"), d.scan("annotators").collect()
 
 
-def signal_scores(frame: pl.DataFrame) -> dict[str, np.ndarray]:
-    f = lambda c: frame[c].cast(pl.Float64).fill_null(np.nan).to_numpy()  # noqa: E731
-    names = frame["signal_names"][0].to_list()
-    margins = np.array(frame["signal_margins"].to_list(), dtype=float)
-    scorer_cols = [i for i, n in enumerate(names) if n.startswith("scorer:")]
-    out = {"annotator side (reliability)": -f("reliability"), "human consensus (Bradley-Terry)": -f("bt_margin")}
-    if scorer_cols:
-        out["scorer side (CLIP margin)"] = -np.nanmean(margins[:, scorer_cols], axis=1)
-    out["u (Adaptive-DPO metric)"] = f("u")
-    out["combined (minority score)"] = f("minority_score")
+def crowd_frame(frame: pl.DataFrame) -> pd.DataFrame:
+    """crowd-kit's layout: task = the unordered image pair, label = which of its images won."""
+    a, b = frame["image_a_id"].to_numpy(), frame["image_b_id"].to_numpy()
+    winner = np.where(frame["label"].to_numpy() == "a", a, b)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    return pd.DataFrame({"task": lo + hi, "worker": frame["annotator_id"].to_numpy(), "left": a, "right": b,
+                         "winner": winner, "label": np.where(winner == lo, "lo", "hi"),
+                         "loser": np.where(winner == a, b, a)})
+
+
+def classic_scores(df: pd.DataFrame) -> tuple[dict[str, np.ndarray], pd.Series]:
+    """Minority scores of crowd-kit's Dawid-Skene, Bradley-Terry and NoisyBT; Dawid-Skene's worker accuracy."""
+    import warnings
+
+    from crowdkit.aggregation import BradleyTerry, DawidSkene, NoisyBradleyTerry
+
+    warnings.filterwarnings("ignore", category=RuntimeWarning, module="crowdkit")  # NoisyBT's exp overflows
+
+    ds = DawidSkene(n_iter=100).fit(df[["task", "worker", "label"]])
+    p_lo = ds.probas_["lo"].reindex(df["task"]).to_numpy()
+    out = {"Dawid-Skene": np.where(df["label"].to_numpy() == "lo", 1 - p_lo, p_lo)}
+    comparisons = df[["worker", "left", "right", "winner"]].rename(columns={"winner": "label"})
+    for name, model in (("Bradley-Terry", BradleyTerry(n_iter=100)), ("NoisyBT", NoisyBradleyTerry(n_iter=100))):
+        scores = model.fit(comparisons).scores_
+        out[name] = (scores.reindex(df["loser"]).to_numpy() - scores.reindex(df["winner"]).to_numpy()).astype(float)
+    # errors_: rows (worker, observed label), columns the true label: P(observed | true)
+    diagonal = pd.concat([ds.errors_.xs(k, level="label")[k] for k in ("lo", "hi")], axis=1).fillna(0.0)
+    accuracy = (diagonal * ds.priors_.reindex(["lo", "hi"]).to_numpy()).sum(axis=1)
+    return out, accuracy
+
+
+def evaluate(root: Path, ds: Path) -> dict:
+    frame, people = prefcurate_scores(ds)
+    truth = pl.read_parquet(root / "truth" / "pairs.parquet").select("pair_id", "is_minority")
+    frame = frame.join(truth, on="pair_id", how="left", maintain_order="left")
+    df = crowd_frame(frame)
+    started = time.perf_counter()
+    scores, accuracy = classic_scores(df)
+    scores["prefcurate"] = frame["minority_score"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    is_minority = frame["is_minority"].to_numpy()
+    repeated = df.groupby("task")["task"].transform("size").to_numpy() > 1
+    out = {"judgements": len(df), "minority": float(is_minority.mean()), "repeated_share": float(repeated.mean()),
+           "crowdkit_seconds": time.perf_counter() - started}
+    for name, score in scores.items():
+        out[f"auroc/{name}"] = auroc(score, is_minority)
+        out[f"auroc_single/{name}"] = auroc(score[~repeated], is_minority[~repeated])
+        out[f"auroc_repeated/{name}"] = auroc(score[repeated], is_minority[repeated])
+    out.update(annotator_separation(root, people, accuracy))
     return out
+
+
+def annotator_separation(root: Path, people: pl.DataFrame, accuracy: pd.Series) -> dict:
+    """AUROC of minority-or-random against majority annotators with >= 5 judgements."""
+    types = pl.read_parquet(root / "truth" / "annotators.parquet").select("annotator_id", "type")
+    frame = people.join(types, on="annotator_id").filter((pl.col("judgements") >= 5) & (pl.col("type") != "position"))
+    positive = frame["type"].is_in(MINORITY_TYPES).to_numpy()
+    ours = frame["against_majority"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    theirs = 1 - accuracy.reindex(frame["annotator_id"].to_numpy()).to_numpy().astype(float)
+    heavy = frame.sort("judgements", descending=True).head(1)
+    return {"annotators/prefcurate": auroc(ours, positive), "annotators/Dawid-Skene": auroc(theirs, positive),
+            "heaviest_user": {"type": heavy["type"][0], "judgements": int(heavy["judgements"][0]),
+                              "taste_group": heavy["taste_group"][0]}}
+
+
+def summarise(rows: list[dict]) -> None:
+    frame = pd.DataFrame(rows)
+    metrics = [c for c in frame.columns if c.startswith(("auroc", "annotators/"))]
+    for (world, rate), group in frame.groupby(["world", "rate"]):
+        print(f"\n== {world}, {rate:.0%} minority requested ({group['minority'].mean():.1%} realised, "
+              f"{group['repeated_share'].mean():.0%} of judgements on repeated image pairs), {len(group)} seeds ==")
+        for metric in metrics:
+            values = group[metric].astype(float)
+            print(f"  {metric:34s} {values.mean():.3f} +- {values.std(ddof=1) if len(values) > 1 else 0:.3f}")
+        if world == "heavy":
+            print(f"  heaviest user: {group['heaviest_user'].tolist()}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=6000)
+    parser.add_argument("--pairs", type=int, default=4000)
     parser.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.2, 0.3])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=3, help="Seeds 1..N per world and rate.")
+    parser.add_argument("--worlds", nargs="+", default=list(WORLDS), choices=list(WORLDS))
+    parser.add_argument("--scorers", action="store_true", help="Also 20%% minority with the domain CLIP scorer (renders images).")
     parser.add_argument("--work", type=Path, default=Path("/tmp/prefcurate-bench-flagging"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "flagging.jsonl")
     args = parser.parse_args()
-    from curate.clip.models import DOMAIN_DIR
-
-    with_clip = any(DOMAIN_DIR.glob("*.safetensors"))
-    if not with_clip:
-        print("note: the domain CLIP weights are not in curate/assets: the scorer side is left out")
-    for rate in args.rates:
+    runs = [(w, r, s, False) for w in args.worlds for r in args.rates for s in range(1, args.seeds + 1)]
+    runs += [("repeats+scorers", 0.2, s, True) for s in range(1, args.seeds + 1)] if args.scorers else []
+    rows = []
+    for world, rate, seed, scorers in runs:
+        root = args.work / f"{world}-{rate}-{seed}"
         started = time.perf_counter()
-        frame = run_world(args.work / f"rate-{rate}", args.pairs, rate, args.seed, with_clip)
-        truth = frame["truth"].to_numpy()
-        flagged = frame["is_minority"].to_numpy()
-        tp = int((flagged & truth).sum())
-        print(f"\n== minority rate {rate:.0%}: {len(frame):,} non-tie judgements, {truth.mean():.1%} minority "
-              f"(realised), {time.perf_counter() - started:.0f} s ==")
-        for name, score in signal_scores(frame).items():
-            print(f"  AUROC {auroc(score, truth):.3f}  {name}")
-        print(f"  flag (minority score >= 0.5): precision {tp / max(flagged.sum(), 1):.3f}, "
-              f"recall {tp / max(truth.sum(), 1):.3f}, flagged {flagged.mean():.1%}")
+        ds = build(root, args.pairs, rate, seed, world.split("+")[0], scorers)
+        row = {"world": world, "rate": rate, "seed": seed, "pairs": args.pairs, **evaluate(root, ds)}
+        row["seconds"] = time.perf_counter() - started
+        rows.append(row)
+        print(f"{world} {rate:.0%} seed {seed}: prefcurate {row['auroc/prefcurate']:.3f}, Dawid-Skene "
+              f"{row['auroc/Dawid-Skene']:.3f} ({row['seconds']:.0f} s)", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    summarise(rows)
 
 
 if __name__ == "__main__":

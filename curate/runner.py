@@ -2,8 +2,11 @@
 
 A stage has one contract: ``plan`` splits its input into shard specs (small picklable values) and
 ``process`` turns one spec into record batches of declared tables, yielded as ``(table, batch)``.
-Global aggregates are partial-then-merge: ``process`` leaves a small ``ctx.partial`` and
-``finalize`` merges them on the driver. The runner owns everything else:
+Global aggregates are partial-then-merge: ``process`` leaves a ``ctx.partial`` (declared data: a
+dict of numpy arrays, stored as .npz and read back without pickle) and ``finalize`` merges them on
+the driver into the stage's ``final_outputs`` tables, which it returns for the runner to write.
+Work that needs the merged result shard by shard is a second stage that reads those tables:
+``finalize`` never maps work over an executor. The runner owns everything else:
 
 - every output shard is written to a temporary file and renamed (curate.dataset.ShardWriter);
 - a shard's completion record (runs/<stage>/shards/<n>.json) is written after its files;
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
 import shutil
 import sys
 import time
@@ -27,15 +29,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from curate import __version__
 from curate import schema as schemas
 from curate.dataset import Dataset, ShardWriter, WrittenShard, file_sha256, write_json_atomic, write_shard
+from curate.partials import UnsafePartial, load_partial, save_partial
 
 
 class FingerprintMismatch(RuntimeError):
     """``--resume`` was asked for, but the config or the inputs changed since the interrupted run."""
+
+
+@dataclass
+class Finalized:
+    """What ``Stage.finalize`` returns: stats, and whole tables (``final_outputs``) for the runner to write."""
+
+    stats: dict[str, int] = field(default_factory=dict)
+    tables: dict[str, list[pa.Table]] = field(default_factory=dict)
 
 
 @dataclass
@@ -46,7 +58,7 @@ class ShardContext:
     index: int
     dataset: Dataset
     stats: Counter = field(default_factory=Counter)
-    partial: Any = None  # small, picklable; merged by Stage.finalize on the driver
+    partial: dict[str, np.ndarray] | None = None  # declared data: merged by Stage.finalize on the driver
 
 
 @dataclass
@@ -64,6 +76,8 @@ class Stage:
     version: int = 1
     #: output table -> declared schema name (usually the same)
     outputs: dict[str, str] = {}
+    #: tables written once from ``finalize`` (output table -> declared schema name), one file each
+    final_outputs: dict[str, str] = {}
     #: tables read from the dataset: their checksums enter the fingerprint
     inputs: tuple[str, ...] = ()
 
@@ -85,12 +99,25 @@ class Stage:
     def process(self, spec: Any, ctx: ShardContext) -> Iterator[tuple[str, pa.RecordBatch]]:
         raise NotImplementedError(f"stage {self.name} must define process()")
 
-    def finalize(self, dataset: Dataset, results: list[ShardResult], executor: "Executor") -> dict[str, int]:
-        """Merge partials once every shard is done; must be idempotent (it reruns on resume). Returns stats."""
+    def finalize(self, dataset: Dataset, results: list[ShardResult], executor: "Executor | None" = None) -> dict[str, int] | Finalized:
+        """Merge partials once every shard is done; must be idempotent (it reruns on resume).
+
+        Returns stats, or a ``Finalized`` with the ``final_outputs`` tables too. ``executor`` is
+        still passed for stages that have not moved their second pass into a stage of its own;
+        new stages must not map work over it.
+        """
         return {}
+
+    def then(self) -> list["Stage"]:
+        """Later passes of the same command: stages that read this one's tables, run after it commits
+        (a later pass has no later passes of its own)."""
+        return []
 
     def shard_file(self, table: str, index: int) -> str:
         return f"{self.name}-{index:05d}.arrow"
+
+    def final_file(self, table: str) -> str:
+        return f"{self.name}-final.arrow"
 
 
 # --------------------------------------------------------------------------------------- executors
@@ -225,6 +252,7 @@ class StageReport:
     skipped_shards: int
     wall_seconds: float
     already_complete: bool = False
+    passes: list["StageReport"] = field(default_factory=list)  # reports of the stage's later passes (Stage.then)
 
 
 def _run_shard(job: tuple[Stage, Any, int, str]) -> ShardResult:
@@ -246,12 +274,8 @@ def _run_shard(job: tuple[Stage, Any, int, str]) -> ShardResult:
             w.abort()
         raise
     result = ShardResult(index=index, outputs=outputs, stats=dict(ctx.stats), partial=ctx.partial)
-    run = dataset.run_dir(stage.name)
     if ctx.partial is not None:
-        tmp = run / "shards" / f".tmp-{index:05d}.partial.pkl"
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_bytes(pickle.dumps(ctx.partial, protocol=5))
-        tmp.replace(run / "shards" / f"{index:05d}.partial.pkl")
+        save_partial(dataset.run_dir(stage.name) / "shards" / f"{index:05d}.partial.npz", ctx.partial, stage.name)
     _write_record(dataset, stage, index, {"index": index, "stats": result.stats,
                                           "outputs": [{"table": t, **vars(o)} for t, o in outputs.items()]})
     return result
@@ -291,13 +315,16 @@ def _load_finished(stage: Stage, dataset: Dataset, index: int) -> ShardResult | 
                if o["file"] == stage.shard_file(o["table"], index)}
     if any(not (dataset.table_dir(o["table"]) / o["file"]).is_file() for o in data["outputs"]):
         return None
-    partial_file = run / f"{index:05d}.partial.pkl"
-    partial = pickle.loads(partial_file.read_bytes()) if partial_file.is_file() else None
+    if (pickled := run / f"{index:05d}.partial.pkl").exists():
+        raise UnsafePartial(f"refusing {pickled}: a pickled partial can run code when loaded; delete "
+                            f"{run} and run again without --resume")
+    partial_file = run / f"{index:05d}.partial.npz"
+    partial = load_partial(partial_file) if partial_file.is_file() else None
     return ShardResult(index=index, outputs=outputs, stats=data["stats"], partial=partial)
 
 
 def _clear_outputs(stage: Stage, dataset: Dataset) -> None:
-    for table in stage.outputs:
+    for table in (*stage.outputs, *stage.final_outputs):
         for path in dataset.table_dir(table).glob(f"{stage.name}-*.arrow"):
             path.unlink()
     shutil.rmtree(dataset.run_dir(stage.name), ignore_errors=True)
@@ -345,6 +372,7 @@ def run_stage(stage: Stage, dataset: Dataset | str | Path, executor: Executor | 
     ``resume``: keep the shards an interrupted run finished (refused if the fingerprint changed).
     ``skip_complete``: do nothing if a finished run with the same fingerprint exists (pipelines).
     Without either, earlier outputs of this stage are removed and everything is recomputed.
+    The stage's later passes (``Stage.then``) run after it, each committed as a stage of its own.
     """
     dataset = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
     with dataset.writer(stage.name):  # one writer at a time (curate.lock); the stage may read its own run
@@ -353,6 +381,12 @@ def run_stage(stage: Stage, dataset: Dataset | str | Path, executor: Executor | 
 
 def _run_locked(stage: Stage, dataset: Dataset, executor: Executor | None, resume: bool, skip_complete: bool):
     executor = executor or LocalExecutor()
+    report = _run_one(stage, dataset, executor, resume, skip_complete)
+    report.passes = [_run_one(later, dataset, executor, resume, skip_complete) for later in stage.then()]
+    return report
+
+
+def _run_one(stage: Stage, dataset: Dataset, executor: Executor, resume: bool, skip_complete: bool) -> StageReport:
     started = time.perf_counter()
     fingerprint = stage_fingerprint(stage, dataset)
     run = dataset.run_dir(stage.name)
@@ -392,22 +426,40 @@ def _run_locked(stage: Stage, dataset: Dataset, executor: Executor | None, resum
     stats: Counter = Counter()
     for r in ordered:
         stats.update(r.stats)
-    stats.update(stage.finalize(dataset, ordered, executor) or {})
+    finalized = stage.finalize(dataset, ordered, executor)
+    if isinstance(finalized, Finalized):
+        _write_final_tables(stage, dataset, finalized.tables)
+        finalized = finalized.stats
+    stats.update(finalized or {})
     tables = _describe_tables(stage, dataset)
     manifest = {
         "stage": stage.name, "version": stage.version, "fingerprint": fingerprint, "config": stage.config(),
         "package_version": __version__, "command": sys.argv, "shards": len(specs),
-        "schemas": {t: {"name": s, "version": schemas.load(s).version} for t, s in stage.outputs.items()},
+        "schemas": {t: {"name": s, "version": schemas.load(s).version}
+                    for t, s in {**stage.outputs, **stage.final_outputs}.items()},
         "tables": tables, "stats": dict(sorted(stats.items())),
     }
     write_json_atomic(manifest_path, manifest)  # last: this is the commit
     return StageReport(stage.name, fingerprint, manifest["stats"], tables, skipped, time.perf_counter() - started)
 
 
+def _write_final_tables(stage: Stage, dataset: Dataset, tables: dict[str, list[pa.Table]]) -> None:
+    """Write each of ``final_outputs`` as one file (atomic rename), then its record (runs/<stage>/final.json)."""
+    if set(tables) != set(stage.final_outputs):
+        raise KeyError(f"stage {stage.name} finalized tables {sorted(tables)}; it declares {sorted(stage.final_outputs)}")
+    outputs = []
+    for table, parts in sorted(tables.items()):
+        written = write_shard(dataset.table_dir(table) / stage.final_file(table), schemas.load(stage.final_outputs[table]), parts)
+        outputs.append({"table": table, **vars(written)})
+    write_json_atomic(dataset.run_dir(stage.name) / "final.json", {"outputs": outputs})
+
+
 def _describe_tables(stage: Stage, dataset: Dataset) -> dict[str, dict]:
-    """Rows and checksums of the stage's output files, from the shard records (kept current by finalize)."""
-    tables: dict[str, list[dict]] = {t: [] for t in stage.outputs}
-    for record in sorted((dataset.run_dir(stage.name) / "shards").glob("*.json")):
+    """Rows and checksums of the stage's output files, from the shard and final records (kept current by finalize)."""
+    tables: dict[str, list[dict]] = {t: [] for t in (*stage.outputs, *stage.final_outputs)}
+    run = dataset.run_dir(stage.name)
+    records = sorted((run / "shards").glob("*.json")) + ([run / "final.json"] if (run / "final.json").is_file() else [])
+    for record in records:
         for o in json.loads(record.read_text())["outputs"]:
             tables[o["table"]].append({k: o[k] for k in ("file", "rows", "sha256")})
     return {t: {"rows": sum(s["rows"] for s in shards), "shards": sorted(shards, key=lambda s: s["file"])}

@@ -153,3 +153,38 @@ def krippendorff_alpha_nominal(counts) -> float:
     if n < 2 or expected_diff == 0:
         return float("nan")
     return float(1.0 - (n - 1.0) * (n - observed_same.sum()) / expected_diff)
+
+
+SKETCH_BINS = 1 << 16
+
+
+def unit_sketch(values, bins: int = SKETCH_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """A mergeable sketch of values in [0, 1]: (bin, count) of the non-empty bins of a fixed grid.
+
+    Bin b holds [b, b + 1) / bins, the last one includes 1; NaN is left out. Sketches of shards
+    merge by adding counts per bin, exactly.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    if np.any((values < 0) | (values > 1)):
+        raise ValueError(f"unit_sketch takes values in [0, 1]; got a range of [{values.min()}, {values.max()}]")
+    counts = np.bincount(np.minimum((values * bins).astype(np.int64), bins - 1), minlength=bins)
+    filled = np.flatnonzero(counts)
+    return filled.astype(np.int32), counts[filled].astype(np.int64)
+
+
+def top_share_threshold(bin_index, counts, share: float, bins: int = SKETCH_BINS) -> float:
+    """The lower edge of the highest bins holding at least ``share`` of the sketched values.
+
+    Flagging values >= that edge flags the top ``share``, overshooting by at most one bin's count.
+    E.g. bins 0..3 (bins=4) with counts [5, 3, 1, 1] and share 0.2: the top two bins hold 2 of 10,
+    so the threshold is 2/4 = 0.5. No values: +inf (nothing is flagged).
+    """
+    bin_index, counts = np.asarray(bin_index), np.asarray(counts, dtype=np.float64)
+    if not 0 < share < 1:
+        raise ValueError(f"share {share}: expected a share in (0, 1), e.g. 0.2 for the top 20%")
+    if counts.sum() == 0:
+        return float("inf")
+    order = np.argsort(bin_index)[::-1]
+    reached = np.flatnonzero(np.cumsum(counts[order]) >= share * counts.sum())[0]
+    return float(bin_index[order][reached] / bins)

@@ -139,8 +139,11 @@ def test_dask_gives_the_same_tables(world, tmp_path):
         shutil.copytree(world / "ds", copy)
         cli("annotators", str(copy), *extra)
         cli("flag", str(copy), *extra)
-    for table in ("consensus", "annotators", "pair_scores"):
-        for a, b in zip(Dataset(tmp_path / "local").shards(table), Dataset(tmp_path / "dask").shards(table)):
+    for table in ("consensus", "annotators", "pair_scores", "taste_groups", "image_strengths", "vote_groups",
+                  "signal_scales", "minority_sketch"):
+        local, dask = Dataset(tmp_path / "local").shards(table), Dataset(tmp_path / "dask").shards(table)
+        assert len(local) == len(dask) > 0, table
+        for a, b in zip(local, dask):
             assert a.read_bytes() == b.read_bytes(), (table, a.name)
 
 
@@ -150,12 +153,110 @@ def test_bootstrap_gives_the_stability_of_each_consensus(world, tmp_path):
     shutil.copytree(world / "ds", tmp_path / "ds")
     cli("annotators", str(tmp_path / "ds"), "--bootstrap", "8")
     consensus = Dataset(tmp_path / "ds").read_table("consensus").to_pandas()
+    decided = Dataset(tmp_path / "ds").read_table("pairs", ["label"]).to_pandas()["label"] != "tie"
+    assert consensus["bt_stability"][decided].notna().all()  # every image pair with a decided judgement was compared
     stability = consensus["bt_stability"].dropna()
-    assert len(stability) == len(consensus)  # every judged image pair was compared
     assert stability.between(0, 1).all() and stability.mean() > 0.5  # the full fit's order mostly survives
     # the order of a pair the crowd strongly agrees on is more stable than one it is split on
     strong = consensus["bt_margin"].abs() > consensus["bt_margin"].abs().median()
     assert stability[strong].mean() > stability[~strong].mean()
-    first = (tmp_path / "ds" / "tables" / "consensus" / "annotators-00000.arrow").read_bytes()
+    first = (tmp_path / "ds" / "tables" / "consensus" / "consensus-00000.arrow").read_bytes()
     cli("annotators", str(tmp_path / "ds"), "--bootstrap", "8")
-    assert (tmp_path / "ds" / "tables" / "consensus" / "annotators-00000.arrow").read_bytes() == first  # seeded
+    assert (tmp_path / "ds" / "tables" / "consensus" / "consensus-00000.arrow").read_bytes() == first  # seeded
+
+
+def _frame(ds, table: str) -> pl.DataFrame:
+    frame = Dataset(ds).scan(table).collect()
+    return frame.sort(frame.columns[0])
+
+
+def test_results_do_not_depend_on_the_sharding(world, tmp_path):
+    for rows in (300, 5000):
+        cli("ingest", str(world / "pickapic"), "-f", "pickapic", "-o", str(tmp_path / f"ds{rows}"), "--shard-rows", str(rows))
+        cli("annotators", str(tmp_path / f"ds{rows}"))
+        cli("flag", str(tmp_path / f"ds{rows}"), "--quantile", "0.1")
+    assert len(Dataset(tmp_path / "ds300").shards("consensus")) > 1
+    for table in ("consensus", "annotators", "taste_groups", "signal_scales", "pair_scores"):
+        assert _frame(tmp_path / "ds300", table).equals(_frame(tmp_path / "ds5000", table)), table
+
+
+def test_taste_groups_are_reported(world):
+    cli("annotators", str(world / "ds"))
+    groups = Dataset(world / "ds").read_table("taste_groups").to_pandas()
+    people = Dataset(world / "ds").read_table("annotators").to_pandas()
+    assert groups["name"].iloc[-1] == "random" and (groups["name"] == "majority").sum() == 1
+    majority = groups[groups["name"] == "majority"].iloc[0]
+    assert majority["people"] == groups["people"].max()  # the majority is the taste most PEOPLE hold
+    assert groups["judgement_share"].sum() == pytest.approx(1, abs=1e-3)
+    assert all(len(d) > 20 for d in groups["direction"])
+    np.testing.assert_allclose(people["memberships"].apply(sum), 1, atol=1e-4)
+    assert set(people["taste_group"]) <= set(groups["name"])
+    truth = pl.read_parquet(world / "truth" / "annotators.parquet").to_pandas().set_index("annotator_id")
+    active = people[people["judgements"] >= 10].set_index("annotator_id").join(truth)
+    artsy = active[active["type"] == "minority_artsy"]
+    assert (artsy["taste_group"] != "majority").mean() > 0.5  # most active "artsy" people are found
+    assert (active[active["type"] == "majority"]["taste_group"] == "majority").mean() > 0.9
+    from curate.report.tastes import taste_section
+
+    block = taste_section(Dataset(world / "ds"))
+    assert block.count("<tr>") == len(groups) + 1 and majority["direction"] in block
+
+
+def test_bad_flag_options_fail_before_anything_is_cleared(world, tmp_path):
+    import shutil
+
+    shutil.copytree(world / "ds", tmp_path / "ds")
+    cli("annotators", str(tmp_path / "ds"))
+    cli("flag", str(tmp_path / "ds"))
+    before = [p.read_bytes() for p in Dataset(tmp_path / "ds").shards("pair_scores")]
+    for bad in (["--weight-kind", "cubic"], ["--weight-from", "nope"], ["--quantile", "1.5"]):
+        result = runner.invoke(app, ["flag", str(tmp_path / "ds"), *bad])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert [p.read_bytes() for p in Dataset(tmp_path / "ds").shards("pair_scores")] == before
+
+
+def test_flag_scores_against_the_annotators_table_it_finds(world, tmp_path):
+    import shutil
+
+    shutil.copytree(world / "ds", tmp_path / "ds")
+    ds = tmp_path / "ds"
+    cli("annotators", str(ds))
+    cli("flag", str(ds))
+    cli("annotators", str(ds), "--no-bradley-terry")  # a different table, in the same process
+    cli("flag", str(ds))
+    people = Dataset(ds).read_table("annotators").to_pandas().set_index("annotator_id")["reliability"]
+    scores = Dataset(ds).scan("pair_scores").collect().join(Dataset(ds).scan("pairs").select("pair_id", "annotator_id").collect(),
+                                                             on="pair_id").to_pandas()
+    np.testing.assert_allclose(scores["reliability"], people.reindex(scores["annotator_id"]).to_numpy(), rtol=1e-6)
+
+
+def test_a_planted_pickle_is_refused_on_resume(world, tmp_path):
+    import pickle
+    import shutil
+
+    shutil.copytree(world / "ds", tmp_path / "ds")
+    cli("annotators", str(tmp_path / "ds"))
+    run = tmp_path / "ds" / "runs" / "annotators" / "shards"
+    assert sorted(p.suffix for p in run.iterdir() if "partial" in p.name) == [".npz"]
+    (run / "00000.partial.pkl").write_bytes(pickle.dumps({"planted": 1}))
+    result = runner.invoke(app, ["annotators", str(tmp_path / "ds"), "--resume"])
+    assert result.exit_code == 2 and "refusing" in result.output and "Traceback" not in result.output, result.output
+
+
+def test_explain_names_the_taste_group(world):
+    cli("annotators", str(world / "ds"))
+    cli("flag", str(world / "ds"))
+    pair = Dataset(world / "ds").scan("pair_scores").filter(pl.col("is_minority")).collect()["pair_id"][0]
+    out = cli("flag", str(world / "ds"), "--explain", pair)
+    assert "taste group" in out and "majority" in out
+
+
+def test_consensus_files_of_the_older_stage_are_named_with_the_fix(world, tmp_path):
+    import shutil
+
+    shutil.copytree(world / "ds", tmp_path / "ds")
+    old = tmp_path / "ds" / "tables" / "consensus" / "annotators-00000.arrow"
+    old.parent.mkdir(parents=True, exist_ok=True)
+    old.write_bytes(b"left by the one-pass annotators stage")
+    result = runner.invoke(app, ["annotators", str(tmp_path / "ds")])
+    assert result.exit_code == 2 and "annotators-00000.arrow" in result.output and "delete them" in result.output

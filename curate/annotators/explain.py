@@ -40,7 +40,7 @@ def explain_pair(dataset_dir: Path, pair_id: str) -> str:
     for reason in scores["reasons"]:
         lines.append(f"    - {reason}: {REASONS.get(reason, reason)}")
     if consensus:
-        lines.append(f"  consensus ({consensus['source']}): P(labelled winner is better) = {_num(consensus['agreement'])}")
+        lines.append(f"  consensus ({consensus['source']}): P(the majority taste prefers the labelled winner) = {_num(consensus['agreement'])}")
         lines.append(f"    other votes: {consensus['other_votes']} (agreeing share {_num(consensus['other_agree_share'])}), "
                      f"Bradley-Terry margin {_num(consensus['bt_margin'])}"
                      + (f" (order kept in {_num(consensus['bt_stability'], '.0%')} of bootstrap refits)"
@@ -53,4 +53,20 @@ def explain_pair(dataset_dir: Path, pair_id: str) -> str:
         lines.append(f"  annotator: {person['judgements']} judgements, reliability {_num(person['reliability'])} "
                      f"[{_num(person['reliability_low'])}, {_num(person['reliability_high'])}] -> {person['verdict']}; "
                      f"picks A {_num(person['position_share'], '.0%')} of the time (p = {_num(person['position_pvalue'], '.2g')})")
+        lines += taste_lines(dataset, person)
+    if consensus and consensus.get("minority_score") is not None:
+        lines.append(f"  minority score {_num(consensus['minority_score'])}: the posterior that the majority taste "
+                     f"prefers the other image, given this label and who gave it")
     return "\n".join(lines)
+
+
+def taste_lines(dataset: Dataset, person: dict) -> list[str]:
+    """The annotator's taste group and memberships, with each group's direction."""
+    if not dataset.has("taste_groups") or person.get("memberships") is None:
+        return []
+    groups = dataset.scan("taste_groups").collect().sort("group")
+    lines = [f"  taste group: {person['taste_group']} (majority membership {_num(person['majority_membership'])})"]
+    for row, membership in zip(groups.iter_rows(named=True), person["memberships"]):
+        lines.append(f"    {row['name']}: membership {_num(membership)}; {row['people']:.1f} people, "
+                     f"{_num(row['judgement_share'], '.0%')} of judgements; {row['direction']}")
+    return lines

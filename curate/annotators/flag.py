@@ -5,11 +5,12 @@ For each judgement (ties are never flagged and get weight 0):
 - **u, a, s**: the Adaptive-DPO metric over the signals (each scorer, the Bradley-Terry fit, other
   votes), each already RMS-normalised over the dataset: z = rho * margin, a = 1 - mean sigmoid(z),
   s = min(std z, 1), u = a * s (curate.minority.minority_score, the function the trainer uses).
-- **minority score**: 1 - P(label right), combining the consensus probability q that the labelled
-  winner is better with the annotator's reliability r as two independent pieces of evidence:
-  P(right) = r q / (r q + (1 - r)(1 - q)). A missing piece counts as no evidence (q or r = 1/2);
-  with neither (no consensus, no track record of the annotator) there is no score and no flag.
-- **flag**: minority score >= threshold (absolute), or in the top ``quantile`` share.
+- **minority score**: consensus.minority_score, 1 - P(label right): the crowd model's posterior that
+  the majority taste prefers the other image, given the label and who gave it (without a taste
+  model, the consensus and the annotator's reliability as independent evidence); none for ties or
+  without any evidence, and then never a flag.
+- **flag**: minority score >= threshold (absolute), or in the top ``quantile`` share, whose threshold
+  comes from the consensus stage's mergeable sketch (minority_sketch): one pass over the shards.
 - **weight**: W = 1 / (k x + c) (curate.minority.adaptive_weights) with x = u (default, as the
   paper) or x = the minority score.
 """
@@ -22,13 +23,15 @@ import pyarrow as pa
 
 from curate.annotators.stage import RHO_RMS
 from curate.dataset import Dataset
-from curate.runner import ShardContext, Stage, commit_shard_file
+from curate.options import WeightKind, WeightSource, choice
+from curate.runner import ShardContext, Stage, table_fingerprint
 
 REASONS = {
     "consensus_disagrees": "the consensus says the other image is better",
     "scorers_disagree": "the scorers (AI annotators) prefer the other image",
     "votes_disagree": "most other people who judged the same images chose the other one",
     "unreliable_annotator": "the annotator agrees with the consensus less than annotators typically do",
+    "minority_taste": "the annotator most likely holds a taste other than the majority's (or clicks at random)",
     "position_bias": "the annotator picks the first image far more often than chance, and did so here",
     "high_u": "the signals doubt the label and disagree with each other (high u)",
 }
@@ -39,8 +42,8 @@ class FlagStage(Stage):
     threshold: float = 0.5
     quantile: float | None = None
     rho: float = RHO_RMS
-    weight_from: str = "u"
-    weight_kind: str = "linear"
+    weight_from: WeightSource = WeightSource.u
+    weight_kind: WeightKind = WeightKind.linear
     k: float = 10.0
     c: float = 1.0
     u_reason: float = 0.2
@@ -49,17 +52,20 @@ class FlagStage(Stage):
     name = "flag"
     version = 1
     outputs = {"pair_scores": "pair_scores"}
-    inputs = ("pairs", "consensus", "annotators")
+    inputs = ("pairs", "consensus", "annotators", "minority_sketch")
 
     def __post_init__(self):
-        if self.weight_from not in ("u", "minority_score"):
-            raise ValueError(f"weight_from {self.weight_from!r}: expected 'u' or 'minority_score'")
+        # Checked here, before the runner clears anything: a bad option never costs the old outputs.
+        self.weight_from = choice(WeightSource, self.weight_from, "weight_from")
+        self.weight_kind = choice(WeightKind, self.weight_kind, "weight_kind")
         if self.quantile is not None and not 0 < self.quantile < 1:
             raise ValueError(f"quantile {self.quantile}: expected a share in (0, 1), e.g. 0.2 flags the top 20%")
+        if not 0 <= self.threshold <= 1:
+            raise ValueError(f"threshold {self.threshold}: expected a minority score in [0, 1]")
 
     def config(self) -> dict:
-        return {k: getattr(self, k) for k in ("threshold", "quantile", "rho", "weight_from", "weight_kind",
-                                               "k", "c", "u_reason", "bias_pvalue")}
+        config = {k: getattr(self, k) for k in ("threshold", "quantile", "rho", "k", "c", "u_reason", "bias_pvalue")}
+        return {**config, "weight_from": self.weight_from.value, "weight_kind": self.weight_kind.value}
 
     def plan(self, dataset: Dataset) -> list[dict]:
         pairs = dataset.require("pairs", "run `prefcurate ingest` first")
@@ -67,25 +73,13 @@ class FlagStage(Stage):
         if len(consensus) != len(pairs):
             raise RuntimeError(f"{dataset.root}: {len(consensus)} consensus shards for {len(pairs)} pairs shards; "
                                f"rerun `prefcurate annotators` after ingest")
-        return [{"pairs": str(p), "consensus": str(c)} for p, c in zip(pairs, consensus)]
+        threshold = self.threshold if self.quantile is None else quantile_threshold(dataset, self.quantile)
+        return [{"pairs": str(p), "consensus": str(c), "threshold": threshold} for p, c in zip(pairs, consensus)]
 
     def process(self, spec: dict, ctx: ShardContext):
-        scored = score_shard(self, ctx.dataset, spec)
-        threshold = self.threshold
-        if self.quantile is not None:
-            ctx.partial = scored["minority_score"]
-            threshold = np.inf  # decided in finalize, once every score is known
-        yield "pair_scores", verdict_table(self, scored, threshold)
+        yield "pair_scores", verdict_table(self, score_shard(self, ctx.dataset, spec), spec["threshold"])
 
-    def finalize(self, dataset: Dataset, results, executor) -> dict[str, int]:
-        if self.quantile is not None:
-            everything = np.concatenate([r.partial for r in results]) if results else np.zeros(0)
-            finite = everything[~np.isnan(everything)]
-            threshold = float(np.quantile(finite, 1 - self.quantile)) if len(finite) else np.inf
-            for i, spec in enumerate(self.plan(dataset)):
-                scored = score_shard(self, dataset, spec)
-                commit_shard_file(dataset, self, i, "pair_scores", self.shard_file("pair_scores", i),
-                                  [verdict_table(self, scored, threshold)])
+    def finalize(self, dataset: Dataset, results, executor=None) -> dict[str, int]:
         import polars as pl
 
         scores = dataset.scan("pair_scores")
@@ -93,6 +87,15 @@ class FlagStage(Stage):
         counts = scores.select(pl.col("reasons").explode().drop_nulls().value_counts()).unnest("reasons").collect()
         stats.update({f"reason:{r}": int(n) for r, n in counts.iter_rows()})
         return stats
+
+
+def quantile_threshold(dataset: Dataset, share: float) -> float:
+    """The minority score above which the top ``share`` of scored judgements lie, from the sketch."""
+    from curate.stats import top_share_threshold
+
+    dataset.require("minority_sketch", "rerun `prefcurate annotators` (it writes the sketch with the consensus)")
+    sketch = dataset.read_table("minority_sketch")
+    return top_share_threshold(sketch["bin"].to_numpy(), sketch["count"].to_numpy(), share)
 
 
 def score_shard(stage: FlagStage, dataset: Dataset, spec: dict) -> dict[str, np.ndarray]:
@@ -113,34 +116,30 @@ def score_shard(stage: FlagStage, dataset: Dataset, spec: dict) -> dict[str, np.
     u, a, s, used = _metric(margins, stage.rho, minority_score)
     q = consensus["agreement"].cast(pl.Float64).fill_null(np.nan).to_numpy()
     r = joined["reliability"].cast(pl.Float64).fill_null(np.nan).to_numpy()
-    known = joined["compared"].fill_null(0).to_numpy() > 0  # a track record to judge the annotator by
     tie = (pairs["label"] == "tie").to_numpy()
-    score = _combine(q, np.where(known, r, np.nan))
-    score[tie | (np.isnan(q) & ~known)] = np.nan  # no evidence either way: no score, never a flag
-    x = np.nan_to_num(u if stage.weight_from == "u" else score, nan=0.0)
-    weight = np.where(tie, 0.0, adaptive_weights(x, kind=stage.weight_kind, k=stage.k, c=stage.c))
+    score = consensus["minority_score"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    x = np.nan_to_num(u if stage.weight_from == WeightSource.u else score, nan=0.0)
+    weight = np.where(tie, 0.0, adaptive_weights(x, kind=stage.weight_kind.value, k=stage.k, c=stage.c))
     return {"pair_id": pairs["pair_id"].to_arrow(), "u": u, "a": a, "s": s, "signals": used, "agreement": q,
             "reliability": r, "minority_score": score, "weight": weight, "names": names, "margins": margins,
             "source": consensus["source"].to_numpy(), "label": pairs["label"].to_numpy(),
-            "verdict": joined["verdict"].to_numpy(), "position_share": joined["position_share"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
+            "verdict": joined["verdict"].to_numpy(), "taste_group": joined["taste_group"].to_numpy(),
+            "position_share": joined["position_share"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
             "position_pvalue": joined["position_pvalue"].cast(pl.Float64).fill_null(1.0).to_numpy(),
             "other_agree_share": consensus["other_agree_share"].cast(pl.Float64).fill_null(np.nan).to_numpy()}
 
 
-_ANNOTATORS: dict[str, object] = {}
+_ANNOTATORS: dict[tuple[str, str], object] = {}
 
 
 def _annotators(dataset: Dataset):
-    """The annotators table, read once per process (it is small: one row per person)."""
-    import polars as pl
-
-    key = str(dataset.root)
+    """The annotators table, read once per process and content: keyed by the checksums of its files,
+    so a rerun of `annotators` is never scored against the old table."""
+    key = (str(dataset.root), table_fingerprint(dataset, "annotators"))
     if key not in _ANNOTATORS:
         _ANNOTATORS.clear()
         _ANNOTATORS[key] = dataset.scan("annotators").select(
-            "annotator_id", "reliability", "verdict", "position_share", "position_pvalue", "compared").collect()
-        if not _ANNOTATORS[key].height:
-            _ANNOTATORS[key] = pl.DataFrame(schema=_ANNOTATORS[key].schema)
+            "annotator_id", "reliability", "verdict", "taste_group", "position_share", "position_pvalue", "compared").collect()
     return _ANNOTATORS[key]
 
 
@@ -163,14 +162,6 @@ def _metric(margins: np.ndarray, rho: float, minority_score):
     return u, a, s, used
 
 
-def _combine(q: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """1 - P(label right | consensus q, reliability r), two independent pieces of evidence."""
-    q = np.clip(np.nan_to_num(q, nan=0.5), 1e-6, 1 - 1e-6)
-    r = np.clip(np.nan_to_num(r, nan=0.5), 1e-6, 1 - 1e-6)
-    right = r * q / (r * q + (1 - r) * (1 - q))
-    return 1.0 - right
-
-
 def reason_masks(stage: FlagStage, scored: dict) -> dict[str, np.ndarray]:
     """For each reason, which judgements it applies to (whether or not they end up flagged)."""
     label = scored["label"]
@@ -184,6 +175,7 @@ def reason_masks(stage: FlagStage, scored: dict) -> dict[str, np.ndarray]:
             "scorers_disagree": scorer_mean < 0,
             "votes_disagree": scored["other_agree_share"] < 0.5,
             "unreliable_annotator": scored["verdict"] == "unreliable",
+            "minority_taste": np.isin(scored["taste_group"], ["majority", None], invert=True),
             "position_bias": (scored["position_pvalue"] < stage.bias_pvalue) & ((share > 0.5) == (label == "a")),
             "high_u": scored["u"] >= stage.u_reason,
         }

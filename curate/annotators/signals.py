@@ -1,10 +1,13 @@
 """Per-shard facts the annotator and flag stages are built from (pure functions over polars frames).
 
 A judgement's *signals* are margins for its labelled winner from independent evidence: each scorer
-(an AI annotator), a Bradley-Terry fit over all judgements, and other people's votes on the same
-prompt and images. Positive means the evidence agrees with the label.
+(an AI annotator), the majority taste of the crowd model, and other people's votes on the same
+prompt and images. Positive means the evidence agrees with the label. A shard's facts are plain
+arrays (``judgement_columns``, ``person_columns``): they travel as declared partials.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
@@ -33,11 +36,6 @@ def with_keys(pairs: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def group_votes(keyed: pl.DataFrame) -> pl.DataFrame:
-    """Votes per (prompt, image pair) group: partial sums that merge by adding."""
-    return keyed.group_by("group").agg(pl.col("lo_wins").sum(), pl.col("hi_wins").sum(), pl.col("tied").sum())
-
-
 def annotator_counts(pairs: pl.DataFrame) -> pl.DataFrame:
     """Per annotator: judgements, ties, and non-tie judgements won by the first image (partial sums)."""
     return (pairs.filter(pl.col("annotator_id").is_not_null())
@@ -46,17 +44,83 @@ def annotator_counts(pairs: pl.DataFrame) -> pl.DataFrame:
                  chose_a=(pl.col("label") == "a").sum().cast(pl.Int64)))
 
 
-def comparisons(keyed: pl.DataFrame) -> dict[str, np.ndarray]:
-    """Bradley-Terry comparisons: winner and loser image keys, tie flag, weight (votes for multi-vote rows)."""
-    winner_is_a = pl.col("label") != "b"
-    frame = keyed.select(
-        winner=pl.when(winner_is_a).then("key_a").otherwise("key_b"),
-        loser=pl.when(winner_is_a).then("key_b").otherwise("key_a"),
-        tie=pl.col("label") == "tie",
-        # the bootstrap resamples people: a judgement without an annotator id is its own "person"
-        who=pl.col("annotator_id").fill_null(pl.col("pair_id")).hash(seed=11),
-    )
-    return {c: frame[c].to_numpy() for c in ("winner", "loser", "tie", "who")}
+def judgement_columns(pairs: pl.DataFrame, keyed: pl.DataFrame) -> dict[str, np.ndarray]:
+    """Per judgement, as plain arrays (a shard's partial): image keys, label sign (+1 A, -1 B, 0 tie),
+    who judged (a hash of the annotator id; a judgement without one is its own person), its vote
+    group and its own votes in the group's orientation, and whether it is a multi-vote row."""
+    who = pairs.select(pl.col("annotator_id").fill_null(pl.col("pair_id")).hash(seed=11))
+    return {
+        "key_a": keyed["key_a"].to_numpy(), "key_b": keyed["key_b"].to_numpy(),
+        "sign": np.nan_to_num(label_sign(pairs["label"]), nan=0.0).astype(np.int8),
+        "who": who.to_series().to_numpy(), "group": keyed["group"].to_numpy(),
+        "lo_wins": keyed["lo_wins"].to_numpy().astype(np.int32), "hi_wins": keyed["hi_wins"].to_numpy().astype(np.int32),
+        "tied": keyed["tied"].to_numpy().astype(np.int32), "multi": keyed["votes_a"].is_not_null().to_numpy(),
+    }
+
+
+def person_columns(pairs: pl.DataFrame) -> dict[str, np.ndarray]:
+    """Per annotator in a shard: id (fixed-width string), its hash (as in judgement_columns), counts."""
+    counts = annotator_counts(pairs).with_columns(who=pl.col("annotator_id").hash(seed=11))
+    return {"annotator_id": np.array(counts["annotator_id"].to_list(), dtype=str), "who": counts["who"].to_numpy(),
+            **{c: counts[c].to_numpy() for c in ("judgements", "ties", "chose_a")}}
+
+
+class VoteGroups(NamedTuple):
+    """Votes per (prompt, image pair) group, sorted by group: lo/hi = the smaller/larger image key won."""
+
+    group: np.ndarray
+    lo_wins: np.ndarray
+    hi_wins: np.ndarray
+    tied: np.ndarray
+
+
+def positions(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each key sits in ``sorted_keys``, and whether it is there at all (one search, many lookups)."""
+    pos = np.clip(np.searchsorted(sorted_keys, keys), 0, max(len(sorted_keys) - 1, 0))
+    found = (sorted_keys[pos] == keys) if len(sorted_keys) else np.zeros(len(keys), bool)
+    return pos, found
+
+
+def lookup(found_at: tuple[np.ndarray, np.ndarray], values: np.ndarray, missing=np.nan) -> np.ndarray:
+    """values at the ``positions`` found, else ``missing``."""
+    pos, found = found_at
+    out = np.full(len(pos), missing, dtype=float)
+    out[found] = values[pos[found]]
+    return out
+
+
+def other_votes(cols: dict[str, np.ndarray], groups: VoteGroups) -> dict[str, np.ndarray]:
+    """Votes on the same prompt and images by everyone else (each row's own votes removed).
+
+    A multi-vote row IS the crowd: its own votes are the consensus for its majority label.
+    """
+    multi, at = cols["multi"], positions(groups.group, cols["group"])
+    own = {c: cols[c].astype(float) for c in ("lo_wins", "hi_wins", "tied")}
+    lo = np.where(multi, own["lo_wins"], lookup(at, groups.lo_wins, 0) - own["lo_wins"])
+    hi = np.where(multi, own["hi_wins"], lookup(at, groups.hi_wins, 0) - own["hi_wins"])
+    ties = np.where(multi, 0, lookup(at, groups.tied, 0) - own["tied"])
+    a_is_lo = cols["key_a"] < cols["key_b"]
+    for_a, for_b = np.where(a_is_lo, lo, hi), np.where(a_is_lo, hi, lo)
+    agree = np.where(cols["sign"] > 0, for_a, for_b)
+    every = np.stack([lo, hi, ties])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = every / every.sum(axis=0)
+        entropy = -np.nansum(np.where(shares > 0, shares * np.log2(shares), 0.0), axis=0)
+    entropy[every.sum(axis=0) == 0] = np.nan
+    return {"agree": agree, "total": for_a + for_b, "entropy": entropy}
+
+
+def vote_margin(votes: dict[str, np.ndarray]) -> np.ndarray:
+    """Other people's agreeing share minus 1/2 (NaN without other votes): the votes signal, unscaled."""
+    has = votes["total"] > 0
+    return np.where(has, votes["agree"] / np.maximum(votes["total"], 1) - 0.5, np.nan)
+
+
+def rms(values: np.ndarray) -> float:
+    """Root mean square over the finite values; 1 when there are none or all are 0 (a no-op scale)."""
+    finite = values[np.isfinite(values)]
+    value = float(np.sqrt(np.mean(finite ** 2))) if len(finite) else 0.0
+    return value or 1.0
 
 
 def label_sign(labels: pl.Series) -> np.ndarray:
@@ -77,8 +141,3 @@ def scorer_margins(pairs: pl.DataFrame, scores: pl.DataFrame, scorers: list[str]
         diff = (joined["score_a"] - joined["score_b"]).cast(pl.Float64).fill_null(np.nan).to_numpy()
         out[k] = diff * sign
     return out
-
-
-def laplace_share(agree: np.ndarray, total: np.ndarray) -> np.ndarray:
-    """(agree + 1) / (total + 2): a vote share that is never exactly 0 or 1 on a handful of votes."""
-    return (agree + 1.0) / (total + 2.0)

@@ -18,6 +18,7 @@ from curate.dataset import Dataset
 from curate.report import data as figures
 from curate.report.method import filter_method, flag_method
 from curate.report.plots import COLORS, bar_chart, histogram_chart
+from curate.report.tastes import taste_section
 
 FUNNEL_COLORS = {"total": "total", "rejected": "rejected", "filtered": "filtered", "flagged": "flagged", "kept": "good"}
 
@@ -36,6 +37,7 @@ def write_report(dataset_dir: str | Path, out: str | Path, gallery: int = 12, th
         _funnel_section(funnel),
         _annotator_section(ds),
         _minority_section(ds, funnel),
+        taste_section(ds),
         _clip_section(ds),
         _source_section(ds),
         _gallery_section(ds, gallery, thumbnail),

@@ -110,6 +110,8 @@ class Population:
     weight: np.ndarray  # activity within its type (sums to 1 per type)
     label_share: np.ndarray  # share of all labels drawn from each type (len(TYPES),)
     user_hash: np.ndarray = None  # HPDv2-style ids (object array of str), derived from user_id
+    heavy: int = -1  # index of a heavy user who makes ``heavy_share`` of all judgements (-1: none)
+    heavy_share: float = 0.0
 
     def __post_init__(self):
         if self.user_hash is None:
@@ -138,8 +140,19 @@ def make_population(rng: np.random.Generator, n_annotators: int, label_share: np
     return Population(user_id=user_id, kind=kind[order], weight=weight[order], label_share=label_share)
 
 
+def add_heavy_user(pop: Population, kind: str, share: float) -> Population:
+    """The population plus one person of type ``kind`` who makes ``share`` of all judgements (on top
+    of the label shares, which then describe the other judgements). Drawn only through that share:
+    their activity weight within the type is 0."""
+    if kind not in TYPES or not 0 < share < 1:
+        raise ValueError(f"heavy user of type {kind!r} with share {share}: need a type among {TYPES} and a share in (0, 1)")
+    return Population(user_id=np.append(pop.user_id, pop.user_id.max() + 1), kind=np.append(pop.kind, np.int8(TYPES.index(kind))),
+                      weight=np.append(pop.weight, 0.0), label_share=pop.label_share, heavy=len(pop.kind), heavy_share=share)
+
+
 def sample_annotators(rng: np.random.Generator, pop: Population, n: int) -> np.ndarray:
-    """Indices into the population for ``n`` judgements: a type by label share, then a member by activity."""
+    """Indices into the population for ``n`` judgements: a type by label share, then a member by
+    activity; with a heavy user, each judgement is theirs with probability ``heavy_share`` instead."""
     kind = rng.choice(len(TYPES), size=n, p=pop.label_share)
     out = np.empty(n, dtype=np.int64)
     for t in range(len(TYPES)):
@@ -148,6 +161,8 @@ def sample_annotators(rng: np.random.Generator, pop: Population, n: int) -> np.n
             members = np.flatnonzero(pop.kind == t)
             cumulative = np.cumsum(pop.weight[members])
             out[rows] = members[np.minimum(np.searchsorted(cumulative, rng.random(len(rows)) * cumulative[-1]), len(members) - 1)]
+    if pop.heavy >= 0:
+        out[rng.random(n) < pop.heavy_share] = pop.heavy
     return out
 
 

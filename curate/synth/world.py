@@ -42,6 +42,8 @@ class WorldConfig:
     max_prompts: int | None = None  # default: 1000 when images are rendered, 100,000 when not
     rows_per_file: int | None = None  # Pick-a-Pic rows per parquet file; default 20,000 (1,000,000 without images)
     n_annotators: int | None = None  # default: pairs / 20, within [30, 50,000]
+    heavy_user_share: float = 0.0  # > 0: one extra annotator makes this share of all judgements
+    heavy_user_type: str = "minority_artsy"  # ... with this taste (curate.synth.annotators.TYPES)
 
     def __post_init__(self):
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -51,6 +53,9 @@ class WorldConfig:
             raise ValueError(f"--no-images writes only the metadata-only Pick-a-Pic layout; drop {sorted(set(self.formats) - {'pickapic'})} from --formats")
         if not 0 <= self.minority_rate < 1:
             raise ValueError(f"minority rate {self.minority_rate} is outside [0, 1)")
+        if not 0 <= self.heavy_user_share < 1 or self.heavy_user_type not in an.TYPES:
+            raise ValueError(f"heavy user share {self.heavy_user_share} of type {self.heavy_user_type!r}: need a share in "
+                             f"[0, 1) and a type among {', '.join(an.TYPES)}")
         if self.pairs < 1 or self.image_size < 16 or self.per_prompt < 2 or self.malformed < 0:
             raise ValueError(f"need pairs >= 1, image_size >= 16, per_prompt >= 2, malformed >= 0; got {self}")
 
@@ -161,6 +166,8 @@ def make_world(out: Path, config: WorldConfig, progress: Progress | None = None)
     world.calibration["minority_label_share"] = round(share, 4)
     n_annotators = config.n_annotators or int(np.clip(config.pairs // 20, 30, 50_000))
     world.population = an.make_population(world.rng("population"), n_annotators, an.label_shares(share))
+    if config.heavy_user_share > 0:
+        world.population = an.add_heavy_user(world.population, config.heavy_user_type, config.heavy_user_share)
     world.judged = np.zeros(len(world.population.user_id), dtype=np.int64)
     return world
 

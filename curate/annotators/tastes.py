@@ -1,0 +1,230 @@
+"""Taste groups: a mixture of Bradley-Terry preference components over people, fitted by EM.
+
+Every person belongs to one of K taste components or to a "random" component, with posterior
+memberships ``resp[person, k]``. Component k has its own image log-strengths theta_k; a member of
+k labels the pair (w, l) w with probability sigmoid(theta_k[w] - theta_k[l]); a random clicker
+with probability 1/2. EM alternates
+- E-step: resp[p, k] proportional to share[k] * prod over p's judgements of P(label | k), where each
+  judgement's own pull on theta_k is removed to first order (so nobody is explained by a fit of
+  their own clicks), and share[k] is the mean membership over PEOPLE;
+- M-step: theta_k from a Bradley-Terry fit of every judgement weighted by its author's resp[., k].
+The majority component is the one with the most people (sum of memberships), never the most clicks,
+so one person's thousands of judgements cannot become the consensus. Components start from a fit
+in which each person's votes count at most as much as a typical person's (``person_weights``),
+then grow by splitting off the people the current components explain worst.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from curate.bradley_terry import BTResult, Comparisons, fit_comparisons
+
+LOG_HALF = float(np.log(0.5))
+EM_TOL = 0.01  # EM stops once fewer than EM_UNSETTLED of the people move by more than this
+EM_UNSETTLED = 0.005
+M_STEP_NEWTON = 3  # Newton steps per M-step, warm-started
+
+
+class Judgements(NamedTuple):
+    """Non-tie judgements: ``winner`` beat ``loser`` (item indices), by ``person`` (person indices)."""
+
+    winner: np.ndarray
+    loser: np.ndarray
+    person: np.ndarray
+    n_items: int
+    n_people: int
+
+
+class TasteModel(NamedTuple):
+    """``theta`` (K x items) per taste component, ``resp`` (people x K+1, last column = random),
+    ``share`` (K+1,) mean membership over people, ``majority`` index of the majority component."""
+
+    theta: np.ndarray
+    resp: np.ndarray
+    share: np.ndarray
+    majority: int
+    log_likelihood: float
+    iterations: int
+
+
+def person_weights(person: np.ndarray, n_people: int) -> np.ndarray:
+    """Per-judgement weight min(1, m / n_p), m the median judgements per person: one person, one say."""
+    counts = np.bincount(person, minlength=n_people).astype(float)
+    typical = float(np.median(counts[counts > 0])) if (counts > 0).any() else 1.0
+    return np.minimum(1.0, typical / np.maximum(counts[person], 1.0))
+
+
+def log_sigmoid(x: np.ndarray) -> np.ndarray:
+    """log(1 / (1 + e^-x)) without overflow."""
+    return -np.logaddexp(0.0, -x)
+
+
+def fit_component(data: Judgements, weight: np.ndarray, ridge: float, init: np.ndarray | None = None,
+                  newton_steps: int = 200) -> np.ndarray:
+    """Bradley-Terry log-strengths of one component from weighted judgements (weights may be 0).
+
+    Inside EM a few warm-started Newton steps suffice (``newton_steps``): each M-step only has to
+    improve the fit, and the next E-step moves the weights anyway (generalised EM).
+    """
+    keep = weight > 1e-9
+    rows = Comparisons(data.winner[keep], data.loser[keep], np.zeros(int(keep.sum()), bool), weight[keep])
+    start = None if init is None else BTResult(init, 0.0, 0, True)
+    return fit_comparisons(rows, data.n_items, ridge=ridge, tol=1e-4, max_iter=newton_steps, init=start).scores
+
+
+def curvature(theta: np.ndarray, data: Judgements, weight: np.ndarray, ridge: float) -> np.ndarray:
+    """Each item's curvature: ridge + sum of weight p (1 - p) over its comparisons (p = P(winner wins))."""
+    p = 1.0 / (1.0 + np.exp(-(theta[data.winner] - theta[data.loser])))
+    spread = weight * p * (1 - p)
+    return ridge + np.bincount(data.winner, spread, data.n_items) + np.bincount(data.loser, spread, data.n_items)
+
+
+def leave_one_out_margin(d: np.ndarray, weight: np.ndarray, h_winner: np.ndarray, h_loser: np.ndarray) -> np.ndarray:
+    """The margin d = theta[w] - theta[l] with the judgement's own pull removed (one Newton step).
+
+    A judgement of weight r pulls d up by about r (1 - sigmoid(d)) (1/h_w + 1/h_l), h the items'
+    curvatures: e.g. d = 0, r = 1, h_w = h_l = 2 gives 0 - 0.5 * 1 = -0.5.
+    """
+    return d - weight * (1.0 - 1.0 / (1.0 + np.exp(-d))) * (1.0 / h_winner + 1.0 / h_loser)
+
+
+def component_margins(theta: np.ndarray, data: Judgements, weight: np.ndarray, ridge: float) -> np.ndarray:
+    """Leave-one-out margins of every judgement under one component."""
+    h = curvature(theta, data, weight, ridge)
+    return leave_one_out_margin(theta[data.winner] - theta[data.loser], weight, h[data.winner], h[data.loser])
+
+
+def judgement_log_likelihoods(theta: np.ndarray, resp: np.ndarray, data: Judgements, ridge: float) -> np.ndarray:
+    """(judgements x K+1) log P(label | component), leave-one-out for the taste components."""
+    out = np.full((len(data.winner), len(theta) + 1), LOG_HALF)
+    for k, strengths in enumerate(theta):
+        out[:, k] = log_sigmoid(component_margins(strengths, data, resp[data.person, k], ridge))
+    return out
+
+
+def memberships(log_lik: np.ndarray, data: Judgements, share: np.ndarray) -> tuple[np.ndarray, float]:
+    """E-step: each person's posterior over components, and the total log-likelihood."""
+    per_person = np.stack([np.bincount(data.person, log_lik[:, k], data.n_people) for k in range(log_lik.shape[1])], axis=1)
+    log_post = per_person + np.log(np.maximum(share, 1e-12))
+    top = log_post.max(axis=1, keepdims=True)
+    norm = top[:, 0] + np.log(np.exp(log_post - top).sum(axis=1))
+    return np.exp(log_post - norm[:, None]), float(norm.sum())
+
+
+def people_share(resp: np.ndarray, data: Judgements) -> np.ndarray:
+    """Mean membership over the people who made at least one judgement: people, not clicks."""
+    seen = np.bincount(data.person, minlength=data.n_people) > 0
+    share = resp[seen].mean(axis=0) if seen.any() else np.full(resp.shape[1], 1.0 / resp.shape[1])
+    return np.maximum(share, 1e-6) / np.maximum(share, 1e-6).sum()
+
+
+def run_em(data: Judgements, theta: np.ndarray, resp: np.ndarray, ridge: float, iterations: int,
+           tol: float = EM_TOL) -> TasteModel:
+    """EM from a starting point until the memberships settle: fewer than EM_UNSETTLED of the people
+    move by more than ``tol`` (a few near-even people may swing for ever)."""
+    share, log_lik, done = people_share(resp, data), -np.inf, 0
+    for done in range(1, iterations + 1):
+        previous = resp
+        resp, log_lik = memberships(judgement_log_likelihoods(theta, resp, data, ridge), data, share)
+        share = people_share(resp, data)
+        theta = np.stack([fit_component(data, resp[data.person, k], ridge, theta[k], M_STEP_NEWTON)
+                          for k in range(len(theta))])
+        # The leave-one-out likelihood is not EM's bound, so stop on settled memberships, not on its gain.
+        if (np.abs(resp - previous).max(axis=1) > tol).mean() < EM_UNSETTLED:
+            break
+    return TasteModel(theta, resp, share, int(np.argmax(share[:-1])), log_lik, done)
+
+
+def worst_explained(model: TasteModel, data: Judgements, ridge: float, min_judgements: int) -> np.ndarray:
+    """People (with enough judgements) whose labels no current taste predicts better than a coin."""
+    log_lik = judgement_log_likelihoods(model.theta, model.resp, data, ridge)[:, :-1]
+    counts = np.bincount(data.person, minlength=data.n_people)
+    per_taste = np.stack([np.bincount(data.person, ll, data.n_people) for ll in log_lik.T], axis=1)
+    best = per_taste.max(axis=1) / np.maximum(counts, 1)
+    return (best < LOG_HALF) & (counts >= min_judgements)
+
+
+def fit_tastes(data: Judgements, max_tastes: int = 3, ridge: float = 1.0, iterations: int = 30,
+               min_people: int = 3, min_judgements: int = 50) -> TasteModel:
+    """Grow taste components one at a time while a split keeps at least ``min_people`` members or
+    ``min_judgements`` of their judgements (one heavy user's coherent taste is a group too).
+
+    The first component starts from a fit where each person counts at most as a typical person
+    (``person_weights``); each split seeds a new component with the people the current ones
+    explain worse than a coin, and EM then settles everyone's memberships.
+    """
+    start = fit_component(data, person_weights(data.person, data.n_people), ridge)
+    model = run_em(data, start[None], np.tile([0.9, 0.1], (data.n_people, 1)), ridge, iterations)
+    counts = np.bincount(data.person, minlength=data.n_people)
+    big_enough = lambda members: members.sum() >= min_people or (members * counts).sum() >= min_judgements  # noqa: E731
+    while len(model.theta) < max_tastes:
+        seeds = worst_explained(model, data, ridge, min_judgements=3)
+        if not big_enough(seeds):
+            break
+        new = fit_component(data, seeds[data.person].astype(float), ridge)
+        keep = (~seeds)[:, None]
+        resp = np.concatenate([model.resp[:, :-1] * keep, 0.9 * seeds[:, None], model.resp[:, -1:] * keep + 0.1 * seeds[:, None]], axis=1)
+        grown = run_em(data, np.concatenate([model.theta, new[None]]), resp / resp.sum(axis=1, keepdims=True), ridge, iterations)
+        if not big_enough(grown.resp[:, -2]):
+            break
+        model = grown
+    return model
+
+
+def sample_people(data: Judgements, cap: int, seed: int = 0) -> np.ndarray:
+    """Judgements of whole people, drawn in a seeded random order until they reach ``cap``."""
+    counts = np.bincount(data.person, minlength=data.n_people)
+    order = np.random.default_rng(seed).permutation(data.n_people)
+    taken = order[: int(np.searchsorted(np.cumsum(counts[order]), cap)) + 1]
+    chosen = np.zeros(data.n_people, bool)
+    chosen[taken] = True
+    return chosen[data.person]
+
+
+def fit_tastes_sampled(data: Judgements, sample: int, ridge: float = 1.0, newton_steps: int = 3, **options) -> TasteModel:
+    """``fit_tastes`` on the judgements of a random sample of whole people (about ``sample`` of
+    them), then one pass over everything: memberships for every person, each component refitted on
+    all judgements (warm-started), and the memberships again. At most ``sample`` judgements, it is
+    ``fit_tastes`` itself."""
+    if len(data.winner) <= sample:
+        return fit_tastes(data, ridge=ridge, **options)
+    keep = sample_people(data, sample)
+    model = fit_tastes(Judgements(data.winner[keep], data.loser[keep], data.person[keep], data.n_items, data.n_people),
+                       ridge=ridge, **options)
+    theta, share = model.theta, model.share
+    resp, _ = memberships(judgement_log_likelihoods(theta, model.resp, data, ridge), data, share)
+    theta = np.stack([fit_component(data, resp[data.person, k], ridge, theta[k], newton_steps) for k in range(len(theta))])
+    share = people_share(resp, data)
+    resp, log_lik = memberships(judgement_log_likelihoods(theta, resp, data, ridge), data, share)
+    share = people_share(resp, data)
+    return TasteModel(theta, resp, share, int(np.argmax(share[:-1])), log_lik, model.iterations + 1)
+
+
+def majority_accuracy(margin: np.ndarray, weight: np.ndarray) -> float:
+    """How often a majority member's label follows the majority fit: weighted share of margins > 0
+    (a margin of exactly 0 counts half), kept within [0.5, 0.99]."""
+    total = weight.sum()
+    hits = (weight * ((margin > 0) + 0.5 * (margin == 0))).sum()
+    return float(np.clip(hits / total, 0.5, 0.99)) if total > 0 else 0.5
+
+
+def minority_posterior(p_majority: np.ndarray, r_majority: np.ndarray, alpha: float, other_label_prob: np.ndarray) -> np.ndarray:
+    """P(the majority taste prefers the other image | this label, who gave it).
+
+    ``p_majority``: P(majority taste prefers the labelled winner) from everything else;
+    ``r_majority``: the author's membership of the majority; a member follows the majority's
+    preference with probability ``alpha``; ``other_label_prob``: sum over the author's other
+    components (tastes, random) of membership x P(that component labels this winner), which does
+    not depend on the majority's preference. Bayes over the majority's preference y:
+
+        L(y = winner) = r alpha + o,  L(y = other) = r (1 - alpha) + o
+        posterior = (1 - p) L(other) / ((1 - p) L(other) + p L(winner))
+
+    E.g. p = 0.5, r = 1, alpha = 0.8, o = 0: 0.2; a non-member (r = 0, o = 0.5): 1 - p = 0.5.
+    """
+    like_winner = r_majority * alpha + other_label_prob
+    like_other = r_majority * (1.0 - alpha) + other_label_prob
+    against = (1.0 - p_majority) * like_other
+    return against / np.maximum(against + p_majority * like_winner, 1e-300)
