@@ -123,7 +123,7 @@ def test_evaluate_fails_before_any_work_on_bad_inputs(tmp_path):
     cats = evaluate_cli(tmp_path / "ev", "--prompts", str(tmp_path / "cats.txt"))
     assert cats.exit_code == 2 and "'a photo of a cat' is not a prompt of the synthetic world" in cats.output
     no_model = evaluate_cli(tmp_path / "ev", "--model", str(tmp_path / "nothing"))
-    assert no_model.exit_code == 2 and "cannot load model" in no_model.output
+    assert no_model.exit_code == 2 and "does not exist" in no_model.output
     not_lora = evaluate_cli(tmp_path / "ev", "--lora", str(tmp_path))
     assert not_lora.exit_code == 2 and "no LoRA weights" in not_lora.output
     assert not (tmp_path / "ev").exists()

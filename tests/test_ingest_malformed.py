@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -250,6 +250,7 @@ def test_any_cell_of_any_type_in_a_table_is_accepted_or_rejected(tmp_path_factor
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(fmt=st.sampled_from(mf.FUZZ_FORMATS), at=st.floats(0, 1), junk=st.binary(min_size=1, max_size=16),
        cut=st.booleans())
+@example(fmt="table_parquet", at=0.005, junk=b"\x00", cut=False)  # a text cell of invalid UTF-8 (parquet does not check)
 def test_bytes_spliced_into_or_cut_from_a_file_never_crash(tmp_path_factory, fmt, at, junk, cut):
     folder = tmp_path_factory.mktemp("bytes")
     path, ingest_format, _ = mf.write_fuzz_file(folder, fmt, 8, np.random.default_rng(0))

@@ -145,9 +145,25 @@ def _parquet_rows(path: Path, first: int, n: int) -> list[dict]:
             except Exception as exc:
                 raise SourceError(f"{path}: row group {group} (rows {start}-{start + size - 1}) cannot be decoded "
                                   f"({one_line(exc)}); the file is damaged, get it again") from None
-            rows += table.slice(max(0, first - start), first + n - max(first, start)).to_pylist()
+            rows += _pylist(table.slice(max(0, first - start), first + n - max(first, start)))
         start += size
     return rows
+
+
+def _pylist(table) -> list[dict]:
+    """Rows as dicts; parquet does not validate text on read, so a row holding bytes that are not
+    UTF-8 becomes a marker row (rejected with a reason) instead of failing the whole row group."""
+    try:
+        return table.to_pylist()
+    except UnicodeDecodeError:
+        rows = []
+        for i in range(table.num_rows):
+            try:
+                rows.extend(table.slice(i, 1).to_pylist())
+            except UnicodeDecodeError as exc:
+                rows.append({"__bad_text__": f"a text cell holds bytes that are not UTF-8 ({exc.reason} at byte "
+                                             f"{exc.start})"})
+        return rows
 
 
 def _number(value):
@@ -163,6 +179,8 @@ def _number(value):
 def _candidate(row: dict, m: dict[str, str], root: Path | None, allow_network: bool) -> dict:
     if "__bad_json__" in row:
         raise Rejected(Reason.BAD_TYPE, f"line is not a usable JSON object: {row['__error__']}")
+    if "__bad_text__" in row:
+        raise Rejected(Reason.BAD_TYPE, row["__bad_text__"])
     if "__fields__" in row:
         raise Rejected(Reason.BAD_TYPE, f"{row['__fields__']} (an unquoted separator?)")
     get = lambda logical: row.get(m[logical]) if logical in m else None  # noqa: E731
