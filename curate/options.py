@@ -1,8 +1,8 @@
 """Every choice prefcurate offers, defined once: the CLI, the stages and the trainer share these.
 
-Stdlib only, so importing it costs nothing. Adopted so far by `annotators` and `flag`; the other
-commands still carry their own copies (curate/cli/common.py, curate/ingest/stage.py) until they
-switch to these names.
+Stdlib only, so importing it costs nothing. Used by `annotators`, `flag` and the options every
+command shares (curate/cli/common.py: executor, device, precision); the trainer's choices
+(curate/cli/train.py) and ingest's formats are still to move here.
 """
 from __future__ import annotations
 
@@ -29,7 +29,16 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
+class ExecutorName(str, Enum):
+    """Where a stage's shards run: in this process, or on a Dask cluster."""
+
+    local = "local"
+    dask = "dask"
+
+
 class Device(str, Enum):
+    """Where a model runs; auto picks CUDA when it is available."""
+
     auto = "auto"
     cpu = "cpu"
     cuda = "cuda"

@@ -2,31 +2,12 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-
-class ExecutorName(str, Enum):
-    local = "local"
-    dask = "dask"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Precision(str, Enum):
-    """Precision a model runs in (embedding, encoding)."""
-
-    fp32 = "fp32"
-    fp16 = "fp16"
-    bf16 = "bf16"
-
+from curate.options import Device, ExecutorName, Precision  # noqa: F401  (re-exported for the commands)
 
 ExecutorOpt = Annotated[ExecutorName, typer.Option("--executor", help="local: in-process, no server (default). "
                                                    "dask: a LocalCluster of --workers processes, or --scheduler.")]
