@@ -56,7 +56,8 @@ class Missing(str, Enum):
     drop = "drop"
 
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Hub id or local diffusers folder (SD 1.x/2.x or SDXL). "
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Hub id, local diffusers folder (SD 1.x/2.x or SDXL), or world (the small "
+                                       "pipeline of the synthetic world shipped with prefcurate). "
                                        "Honours HF_HUB_OFFLINE.")]
 
 
