@@ -55,9 +55,13 @@ def cells(rows: list[dict], variant: str) -> dict:
 
 def summarise(rows: list[dict], variant: str, draws: int = 2000) -> dict:
     """Per (rate, method): gain, difference against dpo at the same rate, share of dpo's clean (0%, one
-    judgement per pair) gain kept, each with its paired interval over the seeds both sides have."""
+    judgement per pair) gain kept, each with its paired interval over the seeds both sides have. The
+    share is left out while the interval of dpo's clean gain reaches 0."""
     by = cells(rows, variant)
     clean = cells(rows, "minority").get((0.0, "dpo"), {})  # 0%: no minority tastes and nothing flipped
+    # A share of a gain that is not there means nothing: kept only once dpo's clean gain is shown (> 0).
+    if clean and paired_interval(np.stack([clean[s] for s in sorted(clean)]), draws)[1] <= 0:
+        clean = {}
     out = {}
     for (rate, method), runs in sorted(by.items()):
         seeds = sorted(runs)
@@ -68,7 +72,7 @@ def summarise(rows: list[dict], variant: str, draws: int = 2000) -> dict:
         if method != "dpo" and common:
             cell["vs_dpo"] = paired_interval(np.stack([runs[s] - dpo[s] for s in common]), draws)
         common = [s for s in seeds if s in clean]
-        if common and np.mean([clean[s].mean() for s in common]) > 0:
+        if common:
             cell["kept"] = kept_share(np.stack([runs[s] for s in common]), np.stack([clean[s] for s in common]), draws)
         out[(rate, method)] = cell
     return out

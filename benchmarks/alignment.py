@@ -65,16 +65,21 @@ class BenchConfig:
         return out
 
 
-REDUCED = BenchConfig()
+# What a shared 2-core machine finishes in under an hour (about 150 s per run under that load):
+# the dpo trend over 0/20/30/40%, and the offline prefcurate methods at 30%, one judgement per pair.
+REDUCED = BenchConfig(rates=(0.0, 0.2, 0.3, 0.4), methods=("dpo", "adaptive-offline", "dpo-kept", "dpo-weighted"),
+                      variants=("minority",))
 FULL = BenchConfig(train_prompts=4000, eval_prompts=256, method_rates=(0.0, 0.1, 0.2, 0.3, 0.4),
                    variant_rates=(0.1, 0.2, 0.3, 0.4), variant_methods=METHODS,
                    run=RunSettings(steps=500, batch_size=32, sample_steps=20))
 
 
 def key(cfg: BenchConfig) -> str:
-    """What makes rows comparable: everything but the seeds, so several processes can share a results
-    file, each running its own seeds."""
-    return json.dumps({k: v for k, v in asdict(cfg).items() if k != "seeds"}, sort_keys=True)
+    """What makes rows comparable: the data and the run settings. Which seeds, rates, methods and
+    variants run is left out (every row names its own), so processes can share a results file, each
+    running its own seeds, and a narrower run reuses the rows of a wider one."""
+    scope = ("seeds", "rates", "method_rates", "methods", "variants", "variant_rates", "variant_methods")
+    return json.dumps({k: v for k, v in asdict(cfg).items() if k not in scope}, sort_keys=True)
 
 
 class Rows:

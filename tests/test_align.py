@@ -101,3 +101,19 @@ def test_curation_stages_then_one_run_of_each_training_family(tmp_path):
         assert len(row["reward"]) == 3 and 0 <= row["win_rate"] <= 1
         kept = decided - round(q["flagged_share"] * decided) if method == "dpo-kept" else decided
         assert row["train_pairs"] == kept
+
+
+def test_a_share_of_the_clean_gain_needs_a_clean_gain():
+    from align_report import summarise
+
+    def rows(clean_gain):
+        base = {"kind": "base", "reward": [0.5] * 8}
+        run = lambda rate, method, seed, gain: {"kind": "run", "variant": "minority", "rate": rate, "method": method,  # noqa: E731
+                                                "seed": seed, "reward": [0.5 + gain + 0.01 * (i % 2) for i in range(8)]}
+        return [base] + [run(0.0, "dpo", s, clean_gain) for s in range(3)] + \
+            [run(0.3, m, s, g) for s in range(3) for m, g in (("dpo", 0.02), ("dpo-kept", 0.04))]
+
+    shown = summarise(rows(0.05), "minority", draws=200)
+    assert shown[(0.3, "dpo-kept")]["kept"][0] == pytest.approx(0.045 / 0.055)
+    assert shown[(0.3, "dpo-kept")]["vs_dpo"][0] == pytest.approx(0.02)
+    assert "kept" not in summarise(rows(-0.01), "minority", draws=200)[(0.3, "dpo-kept")]
