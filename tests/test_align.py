@@ -1,20 +1,17 @@
-"""The alignment benchmark's parts on tiny sizes: judge, model, sampling, labels, curation, one run."""
+"""The alignment benchmark's parts on tiny sizes: judge, labels, bootstrap, curation stages, one run per family."""
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
-import torch
 
 from curate.align import judge
-from curate.align.model import AlignModel, ModelConfig, to_images, to_latents, world_vocabulary
 from curate.synth import annotators as an
 from curate.synth import scene as sc
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    return AlignModel.fresh(ModelConfig(vocab=world_vocabulary(), channels=(16, 32)), seed=0)
 
 
 def test_judge_reads_clean_renders_of_the_world():
@@ -35,50 +32,24 @@ def test_judge_quality_falls_with_noise_and_blur():
     assert read(sc.QualityParams()) > read(sc.QualityParams(blur=2.2))
 
 
-def test_space_to_depth_round_trip_and_save_load(tmp_path, tiny_model):
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    assert to_latents(x, 2).shape == (2, 12, 16, 16)
-    assert torch.equal(to_images(to_latents(x, 2), 2), x)
-    ids = tiny_model.encoder.tokenize(["a large red zebra", ""])
-    assert ids[0, 3].item() == 1 and ids[1].eq(0).all()  # unknown word -> <unk>, empty -> all padding
-    tiny_model.save(tmp_path / "m")
-    again = AlignModel.load(tmp_path / "m")
-    text = again.encode(["a small red circle at the top of a grey background", ""])
-    assert torch.isfinite(text).all()
-    t = torch.tensor([10, 500])
-    lat = torch.randn(2, 12, 16, 16)
-    with torch.no_grad():
-        a = tiny_model.unet(lat, t, encoder_hidden_states=tiny_model.encode(["a", "b"])).sample
-        b = again.unet(lat, t, encoder_hidden_states=again.encode(["a", "b"])).sample
-    assert torch.allclose(a, b, atol=2e-2)  # weights are stored in fp16
-
-
-def test_sampling_is_a_function_of_the_seed(tiny_model):
-    from curate.align.sample import sample_images
-
-    text = tiny_model.encode(["a large red circle in the middle of a white background"] * 3)
-    empty = tiny_model.encode([""])[0]
-    one = sample_images(tiny_model.unet, tiny_model.scheduler, text, empty, [1, 2, 1], patch=2, steps=2)
-    assert one.shape == (3, 32, 32, 3) and one.dtype == np.uint8
-    assert np.array_equal(one[0], one[2]) and not np.array_equal(one[0], one[1])
-
-
-def _rendered_samples(n_prompts: int, seed: int = 0):
-    from curate.align.prefs import SampleSet
-    from curate.synth.pool import make_pool
+def _rendered(n_prompts: int, seed: int = 0):
+    """Candidates whose pairs are two pool renders per prompt (no model needed)."""
+    from align_data import Candidates
+    from curate.synth.pool import GENERATORS, make_pool
+    from world_eval import render_images
 
     pool = make_pool(np.random.default_rng(seed), n_prompts, 2)
-    images = np.stack([np.asarray(sc.render(pool.scene(i), sc.QualityParams(float(pool.blur[i]), float(pool.noise[i]), 100),
-                                            32, i)) for i in range(pool.n_images)])
-    return SampleSet([str(p) for p in pool.prompts], pool.targets, images, np.arange(pool.n_images),
-                     judge.judge_images(images, np.repeat(pool.targets, 2, axis=0)))
+    images = render_images(pool)
+    return Candidates([str(p) for p in pool.prompts], pool.targets, images,
+                      np.array([GENERATORS[g].name for g in pool.generator], dtype=object),
+                      judge.judge_images(images, np.repeat(pool.targets, 2, axis=0)))
 
 
 def test_minority_rate_comes_from_minority_annotators():
-    from curate.align.prefs import label_pairs
+    from align_data import label_pairs
 
-    samples = _rendered_samples(100)
-    clean, noisy = label_pairs(samples, 0.0, 0), label_pairs(samples, 0.3, 0)
+    c = _rendered(100)
+    clean, noisy = label_pairs(c, 0.0, 0), label_pairs(c, 0.3, 0)
     assert not set(clean.kind) & set(an.MINORITY_TYPES)
     assert set(noisy.kind) & set(an.MINORITY_TYPES)
     decided = lambda lab: lab.label != an.TIE  # noqa: E731
@@ -87,32 +58,62 @@ def test_minority_rate_comes_from_minority_annotators():
     assert np.array_equal(flips, noisy.is_minority)
 
 
-def test_real_curation_stages_return_u_per_pair(tmp_path):
-    from curate.align.curation import curate_pairs
-    from curate.align.prefs import label_pairs
+def test_several_votes_come_from_distinct_people_and_flip_reverses_the_share_asked():
+    from align_data import label_pairs
 
-    samples = _rendered_samples(24, seed=1)
-    labels = label_pairs(samples, 0.3, 0, n_annotators=6)
-    out = curate_pairs(tmp_path, samples.images, samples.prompts, labels.label, labels.annotator, use_clip=False,
-                       quantile=0.3)
-    assert out["u"].shape == (24,) and ((out["u"] >= 0) & (out["u"] < 1)).all()
-    decided = labels.label != an.TIE
-    assert out["flagged"][decided].any() and not out["flagged"][~decided].any()
+    c = _rendered(60, seed=2)
+    votes = label_pairs(c, 0.2, 1, votes=3)
+    assert np.array_equal(votes.pair, np.repeat(np.arange(60), 3))
+    per_pair = votes.annotator.reshape(60, 3)
+    assert all(len(set(row)) == 3 for row in per_pair)
+    clean = label_pairs(c, 0.0, 1, variant="flip")
+    flipped = label_pairs(c, 0.4, 1, variant="flip")
+    assert not set(flipped.kind) & set(an.MINORITY_TYPES)   # the flip variant has no minority tastes
+    assert flipped.is_minority[flipped.label != an.TIE].mean() > clean.is_minority[clean.label != an.TIE].mean() + 0.2
 
 
-def test_one_run_of_each_training_family(tmp_path, tiny_model):
-    from curate.align import bench
+def test_paired_bootstrap_by_hand():
+    from align_report import kept_share, paired_interval
 
-    cfg = bench.BenchConfig(train_prompts=16, eval_prompts=8, steps=2, batch_size=4, sample_steps=2,
-                            adaptive_warmup=1, implicit_draws=1, use_clip=False)
-    prep = bench.prepare(tiny_model, cfg, log=lambda *_: None)
-    from curate.align.prefs import label_pairs
+    assert paired_interval(np.full((3, 4), 0.25), draws=50) == (0.25, 0.25, 0.25)
+    values = np.array([[0.0, 1.0], [2.0, 3.0]])    # resample means lie within [0, 3]
+    mean, lo, hi = paired_interval(values, draws=400)
+    assert mean == 1.5 and 0.0 <= lo < 1.5 < hi <= 3.0
+    assert kept_share(values * 0.4, values, draws=50) == pytest.approx((0.4, 0.4, 0.4))
 
-    labels = label_pairs(prep.train, 0.2, 0, n_annotators=4)
-    curation = {"u": np.full(16, 0.3), "flagged": np.arange(16) % 4 == 0}
-    for method in ("dpo-curated", "adaptive-dpo", "adaptive-offline"):
-        row = bench.run_one(prep, cfg, 0.2, method, 0, labels, curation, tmp_path)
-        assert 0 <= row["reward"] <= 1 and 0 <= row["win_rate"] <= 1 and 0 <= row["implicit_acc"] <= 1
-        kept = int((labels.label[curation["flagged"] == 0] != an.TIE).sum()) if method == "dpo-curated" else \
-            int((labels.label != an.TIE).sum())
+
+def test_curation_stages_then_one_run_of_each_training_family(tmp_path):
+    from align_data import curate_dataset, flag_quality, label_pairs
+    from align_runs import RunSettings, held_out, run_one
+    from curate.train.models import load_components
+
+    c = _rendered(24, seed=1)
+    labels = label_pairs(c, 0.3, 0)
+    ds = curate_dataset(tmp_path, "d", c, labels, quantile=0.3, use_clip=False)
+    q = flag_quality(ds, labels)
+    decided = int((labels.label != an.TIE).sum())
+    assert q["judgements"] == 24 and 0 < q["flagged_share"] < 1 and 0 <= q["auroc_minority_score"] <= 1
+    s = RunSettings(steps=2, batch_size=4, sample_steps=2, adaptive_warmup=1)
+    evals = held_out(load_components("world"), 3, 1, s)
+    assert evals.base_reward.shape == (3,)
+    for method in ("dpo-kept", "adaptive-dpo", "adaptive-offline"):
+        row = run_one(ds, method, 0.3, 0, evals, s, tmp_path)
+        assert len(row["reward"]) == 3 and 0 <= row["win_rate"] <= 1
+        kept = decided - round(q["flagged_share"] * decided) if method == "dpo-kept" else decided
         assert row["train_pairs"] == kept
+
+
+def test_a_share_of_the_clean_gain_needs_a_clean_gain():
+    from align_report import summarise
+
+    def rows(clean_gain):
+        base = {"kind": "base", "reward": [0.5] * 8}
+        run = lambda rate, method, seed, gain: {"kind": "run", "variant": "minority", "rate": rate, "method": method,  # noqa: E731
+                                                "seed": seed, "reward": [0.5 + gain + 0.01 * (i % 2) for i in range(8)]}
+        return [base] + [run(0.0, "dpo", s, clean_gain) for s in range(3)] + \
+            [run(0.3, m, s, g) for s in range(3) for m, g in (("dpo", 0.02), ("dpo-kept", 0.04))]
+
+    shown = summarise(rows(0.05), "minority", draws=200)
+    assert shown[(0.3, "dpo-kept")]["kept"][0] == pytest.approx(0.045 / 0.055)
+    assert shown[(0.3, "dpo-kept")]["vs_dpo"][0] == pytest.approx(0.02)
+    assert "kept" not in summarise(rows(-0.01), "minority", draws=200)[(0.3, "dpo-kept")]

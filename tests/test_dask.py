@@ -22,7 +22,7 @@ runner = CliRunner()
 
 def run_demo(out: Path, *extra: str) -> None:
     result = runner.invoke(app, ["run", str(ROOT / "pipelines" / "demo.toml"), "--param", f"out={out}",
-                                 "--param", "pairs=300", *extra])
+                                 "--param", "pairs=300", "--param", "train_steps=1", *extra])
     assert result.exit_code == 0, result.output
 
 

@@ -25,6 +25,10 @@ def test_wheel_ships_every_schema(tmp_path):
     assert any(n.endswith("entry_points.txt") for n in names)
     # the demo's scorer must come with a plain `pip install .`
     assert "curate/assets/domain_clip/open_clip_model.safetensors" in names
+    # and so must `--model world`: a whole diffusers folder
+    for part in ("model_index.json", "unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                 "text_encoder/model.safetensors", "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json"):
+        assert f"curate/assets/world_model/{part}" in names
 
 
 def test_help_imports_nothing_heavy():

@@ -86,8 +86,25 @@ def _marker(dataset: Path, command: str, argv: list[str]) -> tuple[Path, str]:
     return dataset / "runs" / "_pipeline" / f"{command}.json", digest
 
 
+def _train_marker(dataset: Path, argv: list[str]) -> tuple[Path | None, str]:
+    """train writes no dataset table: its output folder records the options and the dataset stages'
+    fingerprints it was trained under (None: no output folder given; train itself will say so)."""
+    flag = next((f for f in ("--output-dir", "--out", "-o") if f in argv[:-1]), None)
+    if flag is None:
+        return None, ""
+    out = Path(argv[argv.index(flag) + 1])
+    stages = sorted((dataset / "runs").glob("*/fingerprint.json"))
+    digest = hashlib.sha256(json.dumps([argv, [(p.parent.name, p.read_text()) for p in stages]]).encode())
+    return out / "pipeline.json", digest.hexdigest()[:16]
+
+
 def _already_written(dataset: Path, command: str, argv: list[str]) -> bool:
-    """demo-data writes raw files that are inputs to ingest: rewriting them would redo everything."""
+    """demo-data writes raw files that are inputs to ingest: rewriting them would redo everything;
+    train is done when its final model exists under the same options and dataset stages."""
+    if command == "train":
+        marker, digest = _train_marker(dataset, argv)
+        return marker is not None and marker.is_file() and json.loads(marker.read_text()).get("inputs") == digest and \
+            (marker.parent / "final").is_dir()
     if command != "demo-data":
         return False
     marker, digest = _marker(dataset, command, argv)
@@ -96,11 +113,15 @@ def _already_written(dataset: Path, command: str, argv: list[str]) -> bool:
 
 
 def _record_written(dataset: Path, command: str, argv: list[str]) -> None:
-    if command == "demo-data":
-        from curate.dataset import write_json_atomic
+    from curate.dataset import write_json_atomic
 
+    if command == "demo-data":
         marker, digest = _marker(dataset, command, argv)
         write_json_atomic(marker, {"argv": digest})
+    elif command == "train":
+        marker, digest = _train_marker(dataset, argv)
+        if marker is not None:
+            write_json_atomic(marker, {"inputs": digest})
 
 
 def print_funnel(dataset_dir: Path) -> None:

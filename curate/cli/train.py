@@ -65,7 +65,8 @@ Attention = Enum("Attention", {name: name for name in ATTENTION}, type=str)
 Compile = Enum("Compile", {name.replace("-", "_"): name for name in COMPILE}, type=str)
 
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Hub id or local diffusers folder (SD 1.x/2.x or SDXL). "
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Hub id, local diffusers folder (SD 1.x/2.x or SDXL), or world (the small "
+                                       "pipeline of the synthetic world shipped with prefcurate). "
                                        "Honours HF_HUB_OFFLINE.")]
 
 

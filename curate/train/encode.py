@@ -80,8 +80,9 @@ def load_encoders(model: str, revision: str | None = None):
     from diffusers import AutoencoderKL, DDPMScheduler
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from curate.train.models import Components, _model_index
+    from curate.train.models import Components, _model_index, resolve_model
 
+    model = resolve_model(model)
     sdxl = "text_encoder_2" in _model_index(model, revision)
     load = lambda cls, sub: cls.from_pretrained(model, subfolder=sub, revision=revision)  # noqa: E731
     return Components(unet=None, vae=load(AutoencoderKL, "vae"), noise_scheduler=load(DDPMScheduler, "scheduler"),

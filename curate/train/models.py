@@ -13,6 +13,14 @@ from typing import Any
 
 import torch
 
+# `--model world`: the small SD 1.x pipeline trained on the synthetic world (benchmarks/world_model.py).
+WORLD_MODEL = Path(__file__).resolve().parents[1] / "assets" / "world_model"
+
+
+def resolve_model(model: str) -> str:
+    """The folder of a model shipped with prefcurate (``world``), else ``model`` unchanged."""
+    return str(WORLD_MODEL) if model == "world" else model
+
 
 @dataclass
 class Components:
@@ -61,6 +69,7 @@ def load_components(model: str, revision: str | None = None, *, unet_dtype=None)
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+    model = resolve_model(model)
     index = _model_index(model, revision)
     kw = dict(revision=revision)
     load = lambda cls, sub: cls.from_pretrained(model, subfolder=sub, **kw)  # noqa: E731
@@ -157,6 +166,11 @@ def flipped_crop_left(crop_left, resolution: int):
 
 def tiny_tokenizer(max_length: int = 16):
     """A CLIP byte-level BPE tokenizer with a hand-written vocabulary (256 bytes, a few merges)."""
+    return bpe_tokenizer(["c a", "ca t</w>", "d o", "do g</w>", "r e", "re d</w>"], max_length)
+
+
+def bpe_tokenizer(merges: list[str], max_length: int):
+    """A CLIP byte-level BPE tokenizer: every byte (plain and word-final), then ``merges`` in rank order."""
     import tempfile
 
     from transformers import CLIPTokenizer
@@ -164,9 +178,8 @@ def tiny_tokenizer(max_length: int = 16):
     chars = _byte_alphabet()
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    merges = ["c a", "ca t</w>", "d o", "do g</w>", "r e", "re d</w>"]
     for m in merges:
-        vocab["".join(m.split())] = len(vocab)
+        vocab.setdefault("".join(m.split()), len(vocab))
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
     with tempfile.TemporaryDirectory() as tmp:
