@@ -43,7 +43,7 @@ class Candidates:
     targets: np.ndarray         # (P, 9) scene codes
     images: np.ndarray          # (2P, SIZE, SIZE, 3) uint8
     generator: np.ndarray       # (2P,) the generator that made each image
-    judged: dict                # curate.align.judge.judge_images against the prompt
+    judged: dict                # curate.scorers.judge.judge_images against the prompt
 
     def tastes(self) -> dict[str, np.ndarray]:
         """Each taste's reward per image, as curate.synth.annotators.taste_rewards defines them."""
@@ -54,7 +54,7 @@ class Candidates:
 
 def make_candidates(components, n_prompts: int, seed: int, *, sample_steps: int, guidance: float) -> Candidates:
     """Pool renders and world-model samples for each prompt; two of them, drawn at random, are its pair."""
-    from curate.align.judge import judge_images
+    from curate.scorers.judge import judge_images
     from curate.synth.pool import GENERATORS, make_pool
     from world_eval import render_images, sample_images
 

@@ -60,7 +60,7 @@ def held_out(components, n_prompts: int, per_prompt: int, s: RunSettings) -> Hel
 
 
 def judge(components, unet, prompts, targets, seeds, s: RunSettings) -> dict:
-    from curate.align.judge import judge_images
+    from curate.scorers.judge import judge_images
     from world_eval import sample_images
 
     images = sample_images(components, prompts, seeds, unet=unet, steps=s.sample_steps, guidance=s.guidance)

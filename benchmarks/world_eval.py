@@ -57,7 +57,7 @@ def _summary(judged: dict) -> dict:
 def describe_model(components, n_prompts: int, steps: int = 20, guidance: float = 3.0) -> dict:
     """Judge's fidelity, quality and reward: the model's samples (2 per held-out prompt), the world's
     pool renders of the same prompts, and clean renders of them."""
-    from curate.align.judge import judge_images
+    from curate.scorers.judge import judge_images
     from curate.synth.pool import make_pool
 
     prompts, codes = held_out_prompts(n_prompts)

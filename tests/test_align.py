@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curate.align import judge
+from curate.scorers import judge
 from curate.synth import annotators as an
 from curate.synth import scene as sc
 

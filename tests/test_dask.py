@@ -2,6 +2,7 @@
 `dask scheduler` + `dask worker` on loopback; every table byte-identical to the in-process run."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,8 +23,11 @@ runner = CliRunner()
 
 def run_demo(out: Path, *extra: str) -> None:
     result = runner.invoke(app, ["run", str(ROOT / "pipelines" / "demo.toml"), "--param", f"out={out}",
-                                 "--param", "pairs=300", "--param", "train_steps=1", *extra])
+                                 "--param", "pairs=300", "--param", "train_steps=1", "--param", "eval_prompts=2",
+                                 *extra])
     assert result.exit_code == 0, result.output
+    summary = json.loads((out / "evaluation" / "summary.json").read_text())  # the loop closed: trained, evaluated
+    assert summary["tuned"] == ["dpo", "adaptive-offline"] and summary["images_per_prompt"] == 2, summary["tuned"]
 
 
 def tables(out: Path) -> dict[str, bytes]:

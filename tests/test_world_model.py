@@ -48,7 +48,7 @@ def test_encode_train_and_sample_with_model_world(tmp_path):
 
 def test_the_world_judge_reads_the_shipped_models_samples():
     """Against the same architecture untrained, on the same held-out prompts and noise."""
-    from curate.align.judge import judge_images
+    from curate.scorers.judge import judge_images
     from curate.train.models import load_components
     from world_eval import held_out_prompts, sample_images
     from world_model import WorldModelConfig, make_components

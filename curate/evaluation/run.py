@@ -67,14 +67,25 @@ class EvalConfig:
         return asdict(self)
 
 
+def model_label(path: str | Path) -> str:
+    """A tuned model's name: its folder's, or its training run's for train's ``final``/``checkpoint-N``."""
+    path = Path(path)
+    if path.name == "final" and path.parent.name:
+        return path.parent.name
+    if path.name.startswith("checkpoint-") and path.parent.name:
+        return f"{path.parent.name}/{path.name}"
+    return path.name
+
+
 def tuned_models(loras: list[str], fulls: list[str]) -> tuple[TunedModel, ...]:
-    """Each tuned model labelled by its folder's name (made unique: final, final-2, ...)."""
+    """Each tuned model labelled by ``model_label`` (made unique: dpo, dpo-2, ...)."""
     out, used = [], {"base"}
     for kind, paths in (("lora", loras), ("full", fulls)):
         for path in paths:
-            label, n = Path(path).name or kind, 2
+            base = model_label(path) or kind
+            label, n = base, 2
             while label in used:
-                label, n = f"{Path(path).name}-{n}", n + 1
+                label, n = f"{base}-{n}", n + 1
             used.add(label)
             out.append(TunedModel(label, kind, str(path)))
     return tuple(out)
