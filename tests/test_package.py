@@ -60,3 +60,24 @@ def test_version_flag_needs_no_command():
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0, result.output
     assert result.output.strip() == f"prefcurate {__version__}"
+
+
+def _commands(group, path=()):
+    import click
+
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*path, name))
+        else:
+            yield (*path, name), command
+
+
+def test_every_option_has_help_and_reads_whole_at_80_columns():
+    import typer
+
+    for path, command in _commands(typer.main.get_command(app)):
+        undocumented = [p.name for p in command.params if getattr(p, "help", "x") in (None, "") and not p.hidden]
+        assert undocumented == [], (path, undocumented)
+        out = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80"}, terminal_width=80)
+        assert out.exit_code == 0 and "…" not in out.output, (path, out.output)
+        assert max(len(line) for line in out.output.splitlines()) <= 80, path

@@ -13,6 +13,9 @@ app = typer.Typer(
     name="prefcurate",
     help="Curate pairwise human-preference data for text-to-image models and train them with Adaptive-DPO.",
     no_args_is_help=True,
+    # Plain click help: it wraps long option names and help text at any width, where rich's panels
+    # cut them (`--checkpoint-e…` at 80 columns).
+    rich_markup_mode=None,
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )

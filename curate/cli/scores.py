@@ -10,7 +10,7 @@ from curate.cli.common import (DatasetArg, Device, ExecutorName, ExecutorOpt, Pr
                                WorkersOpt, fail, print_counts, run_stage_cli, stage_executor)
 
 app = typer.Typer(help="Scores of images under prompts, by named scorers (AI annotators for the minority metric).",
-                  no_args_is_help=True)
+                  no_args_is_help=True, rich_markup_mode=None)
 
 
 @app.command("import")

@@ -168,8 +168,8 @@ def train(
     lora_alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha (scale alpha / rank; default: the rank). "
                           "Saved with the adapter, so it reloads at the same scale.")] = None,
     learning_rate: Annotated[float, typer.Option("--lr", help="AdamW learning rate (> 0).")] = 1e-5,
-    lr_scheduler: Annotated[LrScheduler, typer.Option(help="diffusers.optimization.get_scheduler "
-                            "schedule.")] = LrScheduler.constant_with_warmup,
+    lr_scheduler: Annotated[LrScheduler, typer.Option(metavar="<schedule>", help="diffusers.optimization."
+                            "get_scheduler schedule: " + ", ".join(LR_SCHEDULERS) + ".")] = LrScheduler.constant_with_warmup,
     lr_warmup_steps: Annotated[int, typer.Option(min=0, help="Optimizer steps of lr warm-up.")] = 0,
     max_steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 2000,
     batch_size: Annotated[int, typer.Option(min=1, help="Pairs per device per micro-batch.")] = 16,
