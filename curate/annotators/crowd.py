@@ -66,16 +66,18 @@ def fit_slope(m: np.ndarray) -> float:
 
 def taste_margins(model: CrowdModel, cols: dict[str, np.ndarray], resp: np.ndarray) -> np.ndarray:
     """(K, judgements) leave-one-out margins for the labelled winner under each taste component."""
-    sign = cols["sign"].astype(float)
+    sign = cols["sign"]
     out = np.full((len(model.theta), len(sign)), np.nan)
     if not len(model.image_keys):
         return out
-    ia, ib = np.searchsorted(model.image_keys, cols["key_a"]), np.searchsorted(model.image_keys, cols["key_b"])
-    a_is_winner = sign > 0
+    # Ties never get a margin, and their images need not be in the model (it is fitted on decisions).
+    decided = np.flatnonzero(sign != 0)
+    ia = np.searchsorted(model.image_keys, cols["key_a"][decided])
+    ib = np.searchsorted(model.image_keys, cols["key_b"][decided])
+    a_is_winner = sign[decided] > 0
     w, l = np.where(a_is_winner, ia, ib), np.where(a_is_winner, ib, ia)
     for k, (theta, h) in enumerate(zip(model.theta, model.curvature)):
-        out[k] = leave_one_out_margin(theta[w] - theta[l], resp[:, k], h[w], h[l])
-    out[:, sign == 0] = np.nan
+        out[k, decided] = leave_one_out_margin(theta[w] - theta[l], resp[decided, k], h[w], h[l])
     return out
 
 

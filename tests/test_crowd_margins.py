@@ -1,0 +1,26 @@
+"""The crowd model's per-judgement margins, worked by hand."""
+import numpy as np
+
+from curate.annotators import crowd, signals
+
+
+def _model(keys, theta, curvature):
+    return crowd.CrowdModel(np.array(keys, np.int64), np.array(theta, float), np.array(curvature, float), 0, 0.9,
+                            np.array([0.9, 0.1]), signals.VoteGroups(*(np.zeros(0),) * 4), (), np.zeros(0), 0.0)
+
+
+def test_ties_on_images_the_model_never_saw_get_no_margin():
+    # The model is fitted on decisions only: image 30 appears in a tie alone, and sorts after every
+    # key the model knows (it once indexed one past the end of theta).
+    model = _model([10, 20], [[0.5, -0.5]], [[2.0, 2.0]])
+    cols = {"key_a": np.array([10, 20, 20], np.int64), "key_b": np.array([20, 30, 10], np.int64),
+            "sign": np.array([1, 0, 1], np.int8)}
+    resp = np.ones((3, 2))
+    out = crowd.taste_margins(model, cols, resp)
+    # d = 0.5 - (-0.5) = 1 with the judgement's own pull removed: 1 - (1 - sigmoid(1)) (1/2 + 1/2).
+    own = 1.0 - (1.0 - 1.0 / (1.0 + np.exp(-1.0)))
+    assert out.shape == (1, 3)
+    assert np.isclose(out[0, 0], own)
+    assert np.isnan(out[0, 1])
+    # 20 beat 10: d = -1 with its pull removed: -1 - (1 - sigmoid(-1)).
+    assert np.isclose(out[0, 2], -1.0 - (1.0 - 1.0 / (1.0 + np.exp(1.0))))
