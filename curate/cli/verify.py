@@ -13,20 +13,18 @@ def verify(dataset: DatasetArg) -> None:
     differs, each problem on one line with the command that rebuilds the table. Changes nothing but
     its record of checked files (.verified.json): run it on a dataset you were given before using it.
     """
-    import sys
-
-    from rich.progress import Progress
-
+    from curate.progress import progress_bars
     from curate.verify import verify_dataset
 
-    with Progress(transient=True, disable=not sys.stderr.isatty()) as progress:
-        task = progress.add_task("verify", total=None)
+    with progress_bars() as update:
+        started: list[str] = []
 
         def next_table(table: str, count: int) -> None:
-            progress.update(task, description=f"hashing {table}", total=count)
-            progress.advance(task)
+            update("verify", len(started), count, note=f"hashing {table}")
+            started.append(table)
 
         checks, problems = verify_dataset(dataset, on_table=next_table)
+        update("verify", len(started), len(started))
     rows = [(c.table, f"{c.rows:,} rows in {c.files} files" + (f", {len(c.problems)} problems" if c.problems else ""))
             for c in checks]
     print_counts(f"verify {dataset}", rows or [("tables", "none")])
