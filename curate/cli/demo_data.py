@@ -6,9 +6,12 @@ from typing import Annotated
 
 import typer
 
+from curate.cli.output import json_summary
+
 ALL_FORMATS = "pickapic,hpdv2,multivote,table"
 
 
+@json_summary
 def demo_data(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the world into (created if needed).", file_okay=False)],
     pairs: Annotated[int, typer.Option(min=1, help="Good Pick-a-Pic pairs; HPDv2, multi-vote and table layouts get about a tenth each.")] = 500,
@@ -36,6 +39,7 @@ def demo_data(
     with progress_bars() as progress:
         summary = build_world(out_dir, config, progress)
     _print_summary(out_dir, summary)
+    return {"out": str(out_dir), **summary}
 
 
 def _print_summary(out_dir: Path, summary: dict) -> None:

@@ -7,9 +7,11 @@ from typing import Annotated, Optional
 import typer
 
 from curate.cli.common import Device, Precision, fail
+from curate.cli.output import json_summary
 from curate.evaluation import Sampler
 
 
+@json_summary
 def evaluate(
     model: Annotated[str, typer.Option("--model", "-m", help="The base model: a hub id or a local diffusers folder "
                                        "(SD 1.x/2.x or SDXL), as `train` takes it. Honours HF_HUB_OFFLINE.")],
@@ -75,6 +77,7 @@ def evaluate(
         fail(str(err))
     if result.summary is not None:
         _print_summary(result.summary, out)
+    return {"out": str(out), "rendered": result.rendered, "summary": result.summary}
 
 
 def _print_summary(summary: dict, out: Path) -> None:

@@ -7,8 +7,10 @@ from typing import Annotated, Optional
 import typer
 
 from curate.cli.common import DatasetArg, fail, print_counts
+from curate.cli.output import json_summary
 
 
+@json_summary
 def export(
     dataset: DatasetArg,
     out: Annotated[Path, typer.Argument(help="Folder to write (data/*.parquet + README.md).", file_okay=False)],
@@ -49,8 +51,11 @@ def export(
     size = sum(f["size"] for s in result.splits.values() for f in s["files"])
     rows += [("columns", len(result.columns)), ("total size", format_bytes(size))]
     print_counts(f"export -> {out}", rows)
+    return {"dataset": str(dataset), "out": str(out), "rows": result.rows, "splits": result.splits,
+            "dropped": result.dropped(), "columns": [c.name for c in result.columns], "bytes": size}
 
 
+@json_summary
 def publish(
     folder: Annotated[Path, typer.Argument(help="A folder written by `prefcurate export`.", exists=True,
                                            file_okay=False, dir_okay=True)],
@@ -74,8 +79,11 @@ def publish(
                 typer.echo(f"  {f.path:<{width}}  {f.size:>14,} B  {format_bytes(f.size):>10}")
             total = sum(f.size for f in plan)
             typer.echo(f"total: {len(plan)} files, {total:,} B ({format_bytes(total)})")
-            return
+            return {"repo_id": repo_id, "dry_run": True, "files": [{"path": f.path, "size": f.size} for f in plan],
+                    "bytes": total}
         url = push(folder, repo_id, private=private)
     except PublishError as exc:
         fail(str(exc))
     typer.echo(f"published {len(plan)} files to {url}")
+    return {"repo_id": repo_id, "dry_run": False, "url": url, "files": [{"path": f.path, "size": f.size} for f in plan],
+            "bytes": sum(f.size for f in plan)}

@@ -4,8 +4,10 @@ from __future__ import annotations
 import typer
 
 from curate.cli.common import DatasetArg, fail, print_counts
+from curate.cli.output import json_summary
 
 
+@json_summary
 def verify(dataset: DatasetArg) -> None:
     """Re-hash every table file and compare it with its stage's manifest: names, rows, SHA-256 and schema.
 
@@ -34,3 +36,5 @@ def verify(dataset: DatasetArg) -> None:
     if problems:
         fail(f"{len(problems)} problems in {dataset}; use nothing there until they are fixed", code=1)
     typer.echo(f"{dataset}: every table matches its manifest")
+    return {"dataset": str(dataset), "problems": [],
+            "tables": {c.table: {"files": c.files, "rows": c.rows} for c in checks}}
