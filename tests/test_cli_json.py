@@ -67,6 +67,8 @@ def test_output_commands(world):
     ds = str(world / "ds")
     exported = summary("export", ds, str(world / "hf"))
     assert {"out", "rows", "splits", "dropped", "columns", "bytes"} <= set(exported) and exported["rows"] > 0
+    tables = summary("export", ds, str(world / "parquet"), "--tables", "parquet", "--table", "pairs")
+    assert list(tables["tables"]) == ["pairs"] and tables["tables"]["pairs"]["key"] == ["pair_id"]
     plan = summary("publish", str(world / "hf"), "--repo-id", "me/prefs", "--dry-run")
     assert plan["dry_run"] and plan["bytes"] == sum(f["size"] for f in plan["files"])
     page = summary("report", ds, "-o", str(world / "report.html"))

@@ -8,6 +8,7 @@ import typer
 
 from curate.cli.common import DatasetArg, fail, print_counts
 from curate.cli.output import json_summary
+from curate.options import TableFormat
 
 
 @json_summary
@@ -26,13 +27,24 @@ def export(
     clip_model: Annotated[Optional[str], typer.Option("--clip-model", help="Which model's CLIP scores to export "
                           "(default: the only one in clip_scores).")] = None,
     license: Annotated[str, typer.Option("--license", help="License id for the card (e.g. mit, cc-by-4.0).")] = "other",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace data/ and README.md of an existing OUT.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace data/ and README.md of an existing OUT "
+                         "(with --tables: replace OUT).")] = False,
+    tables: Annotated[Optional[TableFormat], typer.Option("--tables", help="Instead of a Hugging Face folder, "
+                      "write the dataset's tables as they are: OUT/<table>/*.parquet and OUT/tables.json "
+                      "(for duckdb and other tools that do not read Arrow IPC).")] = None,
+    table: Annotated[Optional[list[str]], typer.Option("--table", metavar="NAME", help="With --tables: only "
+                     "this table (repeatable; default: every table).")] = None,
 ) -> None:
     """Write a Hugging Face dataset folder: byte-bounded parquet shards per split, images as the Image
     feature, the curation columns, and a README.md card with the funnel and how the flags were made.
 
     Load it with `datasets.load_dataset(OUT)`; upload it with `prefcurate publish OUT --repo-id ID`.
+    With --tables parquet, every table (or --table NAME) as Parquet files instead, schemas kept.
     """
+    if tables is not None:
+        return _export_tables(dataset, out, table, overwrite)
+    if table:
+        fail("--table only applies with --tables parquet")
     from curate.dataset import DatasetError
     from curate.publish.export import ExportError, ExportOptions, export_dataset, parse_size
     from curate.publish.hub import format_bytes
@@ -53,6 +65,21 @@ def export(
     print_counts(f"export -> {out}", rows)
     return {"dataset": str(dataset), "out": str(out), "rows": result.rows, "splits": result.splits,
             "dropped": result.dropped(), "columns": [c.name for c in result.columns], "bytes": size}
+
+
+def _export_tables(dataset: Path, out: Path, table: list[str] | None, overwrite: bool) -> dict:
+    from curate.dataset import DatasetError
+    from curate.progress import progress_bars
+    from curate.publish.tables import TablesExportError, export_tables
+
+    try:
+        with progress_bars() as progress:
+            listing = export_tables(dataset, out, table, overwrite=overwrite, progress=progress)
+    except (TablesExportError, DatasetError) as exc:
+        fail(str(exc))
+    print_counts(f"export --tables parquet -> {out}", [(name, f"{t['rows']:,} rows in {len(t['files'])} file(s)")
+                                                       for name, t in listing.items()])
+    return {"dataset": str(dataset), "out": str(out), "format": "parquet", "tables": listing}
 
 
 @json_summary
