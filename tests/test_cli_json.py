@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -109,6 +110,16 @@ format = "pickapic"
     out = summary("run", str(tmp_path / "p.toml"))
     assert out["steps"] == 2 and out["funnel"]["accepted"] == 20 and out["stages_skipped"] == []
     assert summary("run", str(tmp_path / "p.toml"))["stages_skipped"] == ["ingest"]
+
+
+def test_verify_prints_its_problems_and_exits_1(world, tmp_path):
+    shutil.copytree(world / "ds", tmp_path / "ds")
+    shard = sorted((tmp_path / "ds" / "tables" / "pairs").glob("*.arrow"))[0]
+    shard.write_bytes(shard.read_bytes() + b"changed")
+    result = runner.invoke(app, ["verify", str(tmp_path / "ds"), "--json"])
+    out = json.loads(result.stdout)
+    assert result.exit_code == 1 and out["command"] == "verify" and "error:" in result.stderr
+    assert out["tables"]["pairs"]["problems"] and set(out["tables"]["pairs"]["problems"]) <= set(out["problems"])
 
 
 def test_without_json_the_table_is_on_stdout(world):

@@ -21,20 +21,37 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary (counts
                                        "as one JSON object on stdout; the table goes to stderr.")]
 
 
+class FailedWithSummary(typer.Exit):
+    """A command that failed but has a summary to give (verify's problems): --json prints it, then exits."""
+
+    def __init__(self, summary: dict, code: int):
+        super().__init__(code)
+        self.summary = summary
+
+
+def fail_with_summary(message: str, summary: dict, code: int = 1) -> None:
+    """Like common.fail (one line on stderr, no traceback, exit ``code``), keeping the summary for --json."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise FailedWithSummary(summary, code)
+
+
 def json_summary(command):
     """Give a command --json. ``command`` returns its summary as a dict (or None: nothing beyond the
-    command's name and its wall seconds, which every summary has)."""
+    command's name and its wall seconds, which every summary has). A failure prints no JSON, unless
+    it is a FailedWithSummary."""
 
     @functools.wraps(command)
     def run(*args, json_out: bool = False, typer_context: typer.Context, **kwargs):
         if not json_out:
             return command(*args, **kwargs)
         stdout, started = sys.stdout, time.perf_counter()
-        with redirect_stdout(sys.stderr):
-            summary = command(*args, **kwargs) or {}
-        summary = {"command": _command_name(typer_context), **summary, "seconds": round(time.perf_counter() - started, 3)}
-        stdout.write(json.dumps(summary, default=_plain) + "\n")
-        stdout.flush()
+        try:
+            with redirect_stdout(sys.stderr):
+                summary = command(*args, **kwargs) or {}
+        except FailedWithSummary as failed:
+            _write_json(stdout, typer_context, failed.summary, started)
+            raise
+        _write_json(stdout, typer_context, summary, started)
 
     signature = inspect.signature(command, eval_str=True)  # typer reads the annotations from it
     extra = {"json_out": JsonOpt, "typer_context": typer.Context}  # typer passes the context to a Context parameter
@@ -43,6 +60,12 @@ def json_summary(command):
     run.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *options])
     run.__annotations__ = {**command.__annotations__, **extra}
     return run
+
+
+def _write_json(stdout, context, summary: dict, started: float) -> None:
+    summary = {"command": _command_name(context), **summary, "seconds": round(time.perf_counter() - started, 3)}
+    stdout.write(json.dumps(summary, default=_plain) + "\n")
+    stdout.flush()
 
 
 def _plain(value):

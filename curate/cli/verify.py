@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import typer
 
-from curate.cli.common import DatasetArg, fail, print_counts
-from curate.cli.output import json_summary
+from curate.cli.common import DatasetArg, print_counts
+from curate.cli.output import fail_with_summary, json_summary
 
 
 @json_summary
@@ -33,8 +33,9 @@ def verify(dataset: DatasetArg) -> None:
     problems += [p for c in checks for p in c.problems]
     for problem in problems:
         typer.secho(f"problem: {problem}", fg=typer.colors.RED, err=True)
+    summary = {"dataset": str(dataset), "problems": problems,
+               "tables": {c.table: {"files": c.files, "rows": c.rows, "problems": c.problems} for c in checks}}
     if problems:
-        fail(f"{len(problems)} problems in {dataset}; use nothing there until they are fixed", code=1)
+        fail_with_summary(f"{len(problems)} problems in {dataset}; use nothing there until they are fixed", summary)
     typer.echo(f"{dataset}: every table matches its manifest")
-    return {"dataset": str(dataset), "problems": [],
-            "tables": {c.table: {"files": c.files, "rows": c.rows} for c in checks}}
+    return summary
