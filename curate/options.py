@@ -69,3 +69,9 @@ def choice(enum: type[Enum], value, what: str) -> Enum:
 def hub_offline() -> bool:
     """True when HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set to 1/on/yes/true."""
     return any(os.environ.get(name, "").strip().lower() in TRUE_WORDS for name in OFFLINE_VARIABLES)
+
+
+class TableFormat(str, Enum):
+    """Formats `export --tables` writes a dataset's tables in, for tools that do not read Arrow IPC."""
+
+    parquet = "parquet"

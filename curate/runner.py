@@ -36,6 +36,7 @@ from curate import __version__
 from curate import schema as schemas
 from curate.dataset import Dataset, ShardWriter, WrittenShard, file_sha256, write_json_atomic, write_shard
 from curate.partials import UnsafePartial, load_partial, save_partial
+from curate.progress import progress_bars
 
 
 class FingerprintMismatch(RuntimeError):
@@ -139,13 +140,6 @@ class Executor:
         self.close()
 
 
-def _progress():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    transient=False, disable=not sys.stderr.isatty())
-
-
 class LocalExecutor(Executor):
     """In-process, one shard after another: no server, the default."""
 
@@ -153,11 +147,11 @@ class LocalExecutor(Executor):
 
     def map(self, fn, items, desc):
         results = []
-        with _progress() as progress:
-            task = progress.add_task(desc, total=len(items))
+        with progress_bars() as update:
+            update(desc, 0, len(items))
             for item in items:
                 results.append(fn(item))
-                progress.advance(task)
+                update(desc, len(results), len(items))
         return results
 
 
@@ -188,11 +182,11 @@ class DaskExecutor(Executor):
         futures = self.client.map(fn, list(items), pure=False)
         order = {f.key: i for i, f in enumerate(futures)}
         results: list = [None] * len(futures)
-        with _progress() as progress:
-            task = progress.add_task(desc, total=len(futures))
-            for future in as_completed(futures):
+        with progress_bars() as update:
+            update(desc, 0, len(futures))
+            for done, future in enumerate(as_completed(futures), 1):
                 results[order[future.key]] = future.result()
-                progress.advance(task)
+                update(desc, done, len(futures))
         return results
 
     def close(self):

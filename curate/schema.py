@@ -23,11 +23,9 @@ class SchemaError(ValueError):
 
 
 def schema_dir() -> Path:
-    """The folder of schema declarations: inside the installed package, else the source tree."""
-    installed = Path(__file__).with_name("schemas")
-    if (installed / "pairs.v1.json").is_file():
-        return installed
-    return Path(__file__).resolve().parents[1] / "schemas"
+    """The folder of schema declarations: curate/schemas, a link to the top-level schemas/ folder in
+    the source tree and a copy of it in the wheel."""
+    return Path(__file__).with_name("schemas")
 
 
 _SCALARS = {

@@ -6,9 +6,11 @@ from typing import Annotated, Optional
 import typer
 
 from curate.cli.common import DatasetArg, ExecutorName, ExecutorOpt, ResumeOpt, SchedulerOpt, WorkersOpt, fail, print_counts, run_stage_cli
+from curate.cli.output import json_summary, prefixed, stage_summary
 from curate.options import WeightKind, WeightSource
 
 
+@json_summary
 def annotators(
     dataset: DatasetArg,
     bradley_terry: Annotated[bool, typer.Option("--bradley-terry/--no-bradley-terry", help="Fit the crowd model "
@@ -47,17 +49,25 @@ def annotators(
         ("Krippendorff's alpha", "n/a (no pair judged twice)" if alpha == -1000 else f"{alpha / 1000:.3f}"),
         *taste_rows(dataset),
     ])
+    return {"dataset": str(dataset), "annotators": stats.get("annotators", 0), "verdicts": prefixed(stats, "verdict"),
+            "krippendorff_alpha": None if alpha == -1000 else alpha / 1000, "taste_groups": _taste_groups(dataset),
+            **stage_summary(report)}
 
 
 def taste_rows(dataset) -> list[tuple[str, str]]:
     """One line per taste group: people (sum of memberships) and share of judgements."""
+    return [(f"  {g['name']}", f"{g['people']:.1f} people, {g['judgement_share']:.1%} of judgements")
+            for g in _taste_groups(dataset)]
+
+
+def _taste_groups(dataset) -> list[dict]:
     from curate.report.tastes import taste_groups
     from curate.dataset import Dataset
 
-    return [(f"  {g['name']}", f"{g['people']:.1f} people, {g['judgement_share']:.1%} of judgements")
-            for g in taste_groups(Dataset(dataset)) or []]
+    return taste_groups(Dataset(dataset)) or []
 
 
+@json_summary
 def flag(
     dataset: DatasetArg,
     threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Flag when the minority score (1 - P(label "
@@ -82,10 +92,11 @@ def flag(
         from curate.annotators.explain import explain_pair
 
         try:
-            typer.echo(explain_pair(dataset, explain))
+            explanation = explain_pair(dataset, explain)
         except LookupError as exc:
             fail(str(exc))
-        return
+        typer.echo(explanation)
+        return {"dataset": str(dataset), "pair_id": explain, "explanation": explanation}
     from curate.annotators.flag import FlagStage
 
     try:
@@ -100,3 +111,5 @@ def flag(
             ("share", f"{flagged / total:.1%}" if total else "n/a")]
     rows += [(f"  {k.split(':', 1)[1]}", v) for k, v in sorted(report.stats.items()) if k.startswith("reason:")]
     print_counts(f"flag -> {dataset}", rows)
+    return {"dataset": str(dataset), "pairs": total, "flagged": flagged, "share": flagged / total if total else None,
+            "reasons": prefixed(report.stats, "reason"), **stage_summary(report)}

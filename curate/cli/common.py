@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from curate.cli.output import print_counts  # noqa: F401  (re-exported for the commands)
 from curate.options import Device, ExecutorName, Precision  # noqa: F401  (re-exported for the commands)
 
 ExecutorOpt = Annotated[ExecutorName, typer.Option("--executor", help="local: in-process, no server (default). "
@@ -74,15 +75,3 @@ def _source_errors() -> tuple[type[Exception], ...]:
     from curate.ingest.pickapic import SourceError
 
     return (SourceError,)
-
-
-def print_counts(title: str, rows: list[tuple[str, object]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column(justify="right")
-    for name, value in rows:
-        table.add_row(name, f"{value:,}" if isinstance(value, int) else str(value))
-    Console().print(table)

@@ -6,9 +6,12 @@ from typing import Annotated
 
 import typer
 
+from curate.cli.output import json_summary
+
 ALL_FORMATS = "pickapic,hpdv2,multivote,table"
 
 
+@json_summary
 def demo_data(
     out_dir: Annotated[Path, typer.Argument(help="Folder to write the world into (created if needed).", file_okay=False)],
     pairs: Annotated[int, typer.Option(min=1, help="Good Pick-a-Pic pairs; HPDv2, multi-vote and table layouts get about a tenth each.")] = 500,
@@ -22,9 +25,7 @@ def demo_data(
 ) -> None:
     """Write a synthetic world of shape scenes, annotators of known types and their judgements,
     in the Pick-a-Pic, HPDv2, multi-vote and table layouts, plus the ground truth under OUT_DIR/truth."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from curate.progress import progress_bars
     from curate.synth.world import WorldConfig, build_world
 
     chosen = tuple(f.strip() for f in formats.split(",") if f.strip())
@@ -35,17 +36,10 @@ def demo_data(
                              images=not no_images, malformed=malformed, rows_per_file=rows_per_file)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(task: str, done: int, total: int) -> None:
-            if task not in tasks:
-                tasks[task] = bar.add_task(task, total=total)
-            bar.update(tasks[task], completed=done, total=total)
-
+    with progress_bars() as progress:
         summary = build_world(out_dir, config, progress)
     _print_summary(out_dir, summary)
+    return {"out": str(out_dir), **summary}
 
 
 def _print_summary(out_dir: Path, summary: dict) -> None:

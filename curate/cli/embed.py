@@ -7,8 +7,10 @@ from typing import Annotated, Optional
 import typer
 
 from curate.cli.common import DatasetArg, Device, Precision, ExecutorName, ExecutorOpt, ResumeOpt, SchedulerOpt, WorkersOpt, fail, print_counts
+from curate.cli.output import json_summary, stage_summary
 
 
+@json_summary
 def embed(
     dataset_dir: DatasetArg,
     model: Annotated[str, typer.Option("--model", "-m", help="An open_clip architecture (ViT-B-32, ...), "
@@ -50,6 +52,8 @@ def embed(
     except (ModelError, DatasetError, FingerprintMismatch) as exc:
         fail(str(exc))
     print_embed_summary(summary, dataset_dir)
+    return {"dataset": str(dataset_dir), "model": summary.model, "images_per_second": summary.images_per_second,
+            "embed": stage_summary(summary.embed) if summary.embed else None, "scores": stage_summary(summary.scores)}
 
 
 def print_embed_summary(summary, dataset_dir: Path) -> None:

@@ -1,16 +1,17 @@
 """`prefcurate evaluate`: what training bought, measured as the papers do (paired win rates under reward models)."""
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from curate.cli.common import Device, Precision, fail
+from curate.cli.output import json_summary
 from curate.evaluation import Sampler
 
 
+@json_summary
 def evaluate(
     model: Annotated[str, typer.Option("--model", "-m", help="The base model: a hub id or a local diffusers folder "
                                        "(SD 1.x/2.x or SDXL), as `train` takes it. Honours HF_HUB_OFFLINE.")],
@@ -67,31 +68,16 @@ def evaluate(
                              sampler=sampler.value, batch_size=batch_size, revision=revision)
         for note in suite.notes:
             typer.echo(f"note: {note}")
-        with _progress() as progress:
+        from curate.progress import progress_bars
+
+        with progress_bars() as progress:
             result = run_evaluation(config, out, device=device.value, precision=precision.value,
                                     scorer_batch=scorer_batch, progress=progress)
     except (ScorerError, SuiteError, EvaluationError, DatasetError, FileNotFoundError) as err:
         fail(str(err))
     if result.summary is not None:
         _print_summary(result.summary, out)
-
-
-@contextmanager
-def _progress():
-    """A progress callback (task, done, total) drawing one rich bar per task on stderr."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        tasks: dict[str, int] = {}
-
-        def progress(task: str, done: int, total: int) -> None:
-            if task not in tasks:
-                tasks[task] = bar.add_task(task, total=total)
-            bar.update(tasks[task], completed=done, total=total)
-
-        yield progress
+    return {"out": str(out), "rendered": result.rendered, "summary": result.summary}
 
 
 def _print_summary(summary: dict, out: Path) -> None:

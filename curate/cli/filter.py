@@ -7,8 +7,10 @@ from typing import Annotated, Optional
 import typer
 
 from curate.cli.common import DatasetArg, ExecutorName, ExecutorOpt, SchedulerOpt, WorkersOpt, fail, run_stage_cli
+from curate.cli.output import json_summary, stage_summary
 
 
+@json_summary
 def filter_pairs(
     dataset_dir: DatasetArg,
     rules: Annotated[Optional[Path], typer.Option("--rules", help="TOML file of rules (keys of [filter]: model, "
@@ -64,3 +66,5 @@ def filter_pairs(
         typer.echo("\n".join(funnel_lines(report.stats, ds.num_rows("pairs"))))
     except DatasetError as exc:
         fail(f"{exc}: this is a bug in prefcurate, please report it", code=3)
+    return {"dataset": str(dataset_dir), "model": stage.rules.model, "min_score": threshold,
+            "pairs": ds.num_rows("pairs"), **stage_summary(report)}

@@ -7,8 +7,10 @@ from typing import Annotated, Optional
 import typer
 
 from curate.cli.common import ExecutorOpt, ExecutorName, ResumeOpt, SchedulerOpt, WorkersOpt, fail, print_counts, run_stage_cli
+from curate.cli.output import json_summary, prefixed, stage_summary
 
 
+@json_summary
 def ingest(
     sources: Annotated[list[str], typer.Argument(help="Files or folders to read (for pickapic also a Hugging Face "
                                                  "dataset id, where the Hub is reachable).")],
@@ -61,6 +63,9 @@ def ingest(
     out.mkdir(parents=True, exist_ok=True)
     report = run_stage_cli(stage, out, executor, scheduler, workers, resume)
     print_ingest_summary(report.stats, out)
+    return {"dataset": str(out), "records": report.stats.get("records", 0), "pairs_read": report.stats.get("items", 0),
+            "accepted": report.stats.get("accepted", 0), "rejected": prefixed(report.stats, "rejected"),
+            **stage_summary(report)}
 
 
 def print_ingest_summary(stats: dict[str, int], out: Path) -> None:

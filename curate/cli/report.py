@@ -7,8 +7,10 @@ from typing import Annotated, Optional
 import typer
 
 from curate.cli.common import fail
+from curate.cli.output import json_summary
 
 
+@json_summary
 def report(
     dataset: Annotated[Optional[Path], typer.Argument(help="The dataset directory (made by `prefcurate ingest`); "
                        "optional with --evaluation or --run.", exists=True, file_okay=False, dir_okay=True)] = None,
@@ -46,6 +48,7 @@ def report(
         fail(str(exc))
     missing = f"; missing: {', '.join(summary['missing'])}" if summary["missing"] else ""
     typer.echo(f"report -> {out} ({summary['bytes'] / 1e3:.0f} kB, {summary['images']} images{missing})")
+    return {"out": str(out), **summary}
 
 
 def _extra_sections(evaluation: Path | None, run: Path | None, gallery: int, thumbnail: int):

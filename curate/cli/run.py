@@ -9,10 +9,12 @@ from typing import Annotated, Optional
 import typer
 
 from curate.cli.common import PIPELINE, ExecutorName, ExecutorOpt, ResumeOpt, SchedulerOpt, WorkersOpt, fail
+from curate.cli.output import json_summary
 
 EXECUTOR_OPTIONS = ("executor", "scheduler", "workers", "resume")
 
 
+@json_summary
 def run(
     pipeline_file: Annotated[Path, typer.Argument(metavar="PIPELINE.toml", help="A pipeline (see pipelines/).",
                                                   exists=True, dir_okay=False)],
@@ -51,6 +53,10 @@ def run(
         finally:
             PIPELINE.update(skip_complete=False, executor=None)
     print_funnel(pipeline.dataset)
+    from curate.funnel import funnel_counts
+
+    return {"pipeline": str(pipeline_file), "dataset": str(pipeline.dataset), "steps": len(pipeline.steps),
+            "stages_skipped": list(PIPELINE["skipped"]), "funnel": funnel_counts(pipeline.dataset)}
 
 
 def _run_steps(pipeline, command, given: dict) -> None:

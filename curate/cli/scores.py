@@ -8,12 +8,14 @@ import typer
 
 from curate.cli.common import (DatasetArg, Device, ExecutorName, ExecutorOpt, Precision, ResumeOpt, SchedulerOpt,
                                WorkersOpt, fail, print_counts, run_stage_cli, stage_executor)
+from curate.cli.output import json_summary, stage_summary
 
 app = typer.Typer(help="Scores of images under prompts, by named scorers (AI annotators for the minority metric).",
                   no_args_is_help=True, rich_markup_mode=None)
 
 
 @app.command("import")
+@json_summary
 def import_scores(
     file: Annotated[Path, typer.Argument(help="CSV, JSONL or Parquet: image_id, prompt_id (or prompt), score; or "
                                          "pair_id, score_a, score_b.", exists=True, dir_okay=False)],
@@ -39,9 +41,13 @@ def import_scores(
     print_counts(f"scores import {scorer} -> {dataset}", [
         ("scores stored", stats.get("scores", 0)), ("rows matching no pair or image", stats.get("unmatched_rows", 0)),
         ("rows without a finite score, or repeated", stats.get("dropped_missing_or_duplicate", 0))])
+    return {"dataset": str(dataset), "scorer": scorer, "scores": stats.get("scores", 0),
+            "unmatched_rows": stats.get("unmatched_rows", 0),
+            "dropped_missing_or_duplicate": stats.get("dropped_missing_or_duplicate", 0), **stage_summary(report)}
 
 
 @app.command("compute")
+@json_summary
 def compute(
     dataset_dir: DatasetArg,
     scorer: Annotated[str, typer.Option("--scorer", help="A registry scorer, KIND[:SOURCE]: world, clip:domain, "
@@ -75,7 +81,7 @@ def compute(
         fail(str(exc))
     if summary.report is None:
         typer.echo(f"scores compute {summary.scorer}: every (image, prompt) of {dataset_dir} is already scored")
-        return
+        return {"dataset": str(dataset_dir), "scorer": summary.scorer, "scores_rows": 0, "already_scored": True}
     stats = summary.report.stats
     print_counts(f"scores compute {summary.scorer} -> {dataset_dir}", [
         ("(image, prompt) scores stored", stats.get("scores_rows", 0)),
@@ -83,3 +89,6 @@ def compute(
         ("images failed: no row in images", stats.get("images_missing", 0)),
         ("images failed: no bytes", stats.get("images_empty", 0)),
         ("images failed: undecodable", stats.get("images_undecodable", 0))])
+    return {"dataset": str(dataset_dir), "scorer": summary.scorer, "already_scored": False,
+            **{k: stats.get(k, 0) for k in ("scores_rows", "images_scored", "images_missing", "images_empty",
+                                            "images_undecodable")}, **stage_summary(summary.report)}

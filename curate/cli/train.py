@@ -9,6 +9,7 @@ import typer
 
 from curate.cli.common import (DatasetArg, Device, Precision, ExecutorName, ExecutorOpt, ResumeOpt, SchedulerOpt, WorkersOpt, fail,
                                print_counts)
+from curate.cli.output import json_summary
 # Only tuples of names (curate.train.config imports nothing heavy), so --help lists the choices.
 from curate.train.config import ATTENTION, COMPILE, LR_SCHEDULERS
 
@@ -70,6 +71,7 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Hub id, local diff
                                        "Honours HF_HUB_OFFLINE.")]
 
 
+@json_summary
 def encode(
     dataset_dir: DatasetArg,
     model: ModelOpt,
@@ -110,6 +112,8 @@ def encode(
     except (EncodeError, DatasetError, FingerprintMismatch, FileNotFoundError) as exc:
         fail(str(exc))
     print_encode_summary(summary, dataset_dir)
+    return {"dataset": str(dataset_dir), "model_key": summary.key, "generation": summary.generation, **summary.counts,
+            "stats": summary.stats, "kept_shards": summary.kept_shards, "encode_seconds": summary.seconds}
 
 
 def print_encode_summary(summary, dataset_dir: Path) -> None:
@@ -132,6 +136,7 @@ def print_encode_summary(summary, dataset_dir: Path) -> None:
     print_counts(f"encode -> {dataset_dir}", rows)
 
 
+@json_summary
 def train(
     dataset_dir: DatasetArg,
     model: ModelOpt,
@@ -263,6 +268,8 @@ def train(
         fail(str(err))
     typer.echo(f"trained {result.step} steps; dropped pairs: {dict(source.dropped) or 'none'}; "
                f"model: {result.exported}")
+    return {"output_dir": str(output_dir), "steps": result.step, "pairs": dict(source.summary_rows()),
+            "dropped": dict(source.dropped), "model": str(result.exported)}
 
 
 def sample(

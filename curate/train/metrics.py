@@ -1,4 +1,4 @@
-"""Per-step training metrics: JSONL always, TensorBoard when installed, a tqdm progress bar.
+"""Per-step training metrics: JSONL always, TensorBoard when installed, progress (curate.progress).
 
 A resumed run's log reads like an uninterrupted one: the records a killed run wrote after its last
 checkpoint are removed when the run resumes from that checkpoint (and TensorBoard purges them).
@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -71,11 +72,12 @@ class MetricsLog:
             truncate_log(output_dir / "metrics.jsonl", start)
         self.file = (output_dir / "metrics.jsonl").open("a") if enabled else None
         self.tb = _tensorboard(output_dir / "tb", start) if enabled and tensorboard else None
-        self.bar = None
+        self.total, self.bars, self.update = total, ExitStack(), None
         if enabled and progress:
-            from tqdm.auto import tqdm
+            from curate.progress import progress_bars
 
-            self.bar = tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+            self.update = self.bars.enter_context(progress_bars())
+            self.update("train", start, total)
 
     def log(self, step: int, record: dict) -> None:
         if not self.enabled:
@@ -86,9 +88,8 @@ class MetricsLog:
             for key, value in record.items():
                 if isinstance(value, (int, float)):
                     self.tb.add_scalar(f"train/{key}", value, step)
-        if self.bar is not None:
-            self.bar.update(step - self.bar.n)
-            self.bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['implicit_acc']:.2f}")
+        if self.update is not None:
+            self.update("train", step, self.total, note=f"loss {record['loss']:.4f} acc {record['implicit_acc']:.2f}")
 
     def event(self, record: dict) -> None:
         if self.enabled:
@@ -96,7 +97,7 @@ class MetricsLog:
             self.file.flush()
 
     def close(self) -> None:
-        for thing in (self.bar, self.tb, self.file):
+        for thing in (self.bars, self.tb, self.file):
             if thing is not None:
                 thing.close()
 
