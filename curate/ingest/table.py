@@ -91,6 +91,9 @@ def resolve_mapping(path: Path, overrides: dict[str, str]) -> dict[str, str]:
             mapping[logical] = overrides[logical]
         elif (found := next((a for a in aliases if a in names), None)) is not None:
             mapping[logical] = found
+    for chosen, other in (("pref", "label"), ("label", "pref")):  # one label encoding: the one asked for
+        if chosen in overrides and other not in overrides:
+            mapping.pop(other, None)
     has_label = bool({"label", "pref"} & set(mapping)) or {"label_0", "label_1"} <= set(mapping) or \
         {"votes_a", "votes_b"} <= set(mapping)
     missing = ["prompt"] * ("prompt" not in mapping) + [side for side in ("image_a", "image_b") if side not in mapping
