@@ -34,10 +34,11 @@ import pyarrow as pa
 from curate.ingest.candidates import CANDIDATE_SCHEMA
 from curate.ingest.columns import identifier, label_from_votes, trust_value
 from curate.ingest.images import load_image_ref
-from curate.ingest.pickapic import SourceError
+from curate.ingest.pickapic import SourceError, one_line
 from curate.ingest.planning import record_ranges
 from curate.ingest.reasons import Reason, Rejected
 from curate.ingest.table import open_parquet, parquet_rows
+from curate.ingest.textfiles import structure_problem
 
 REQUIRED = ("prompt", "image1", "image2")
 _ID_KEYS = ("userId", "user_id", "voter", "voterId", "annotator", "annotator_id")
@@ -59,7 +60,11 @@ def plan(path, shard_rows: int) -> list[dict]:
     names = check_file(path)
     parquet = open_parquet(path)
     if {"votes_image1", "votes_image2"} <= set(names):
-        counts = parquet.read(columns=["votes_image1", "votes_image2"]).to_pydict()
+        try:
+            counts = parquet.read(columns=["votes_image1", "votes_image2"]).to_pydict()
+        except (OSError, pa.ArrowException) as exc:
+            raise SourceError(f"{path}: the vote counts cannot be decoded ({one_line(exc)}); the file is damaged: "
+                              f"get it again") from None
         weights = [_whole(a) + _whole(b) for a, b in zip(counts["votes_image1"], counts["votes_image2"])]
     else:
         weights = [1] * parquet.metadata.num_rows
@@ -136,6 +141,10 @@ def _parse_votes(text) -> list[dict] | None:
         votes = json.loads(text) if isinstance(text, str) else text
     except json.JSONDecodeError as exc:
         raise Rejected(Reason.BAD_TYPE, f"detailed_results is not JSON ({exc.msg} at character {exc.pos})") from None
+    except RecursionError:
+        raise Rejected(Reason.BAD_TYPE, "detailed_results is nested too deeply to parse") from None
+    if (problem := structure_problem(votes)) is not None:
+        raise Rejected(Reason.BAD_TYPE, f"detailed_results {problem}")
     if not isinstance(votes, list) or not all(isinstance(v, dict) for v in votes):
         raise Rejected(Reason.BAD_TYPE, "detailed_results must be a JSON list of vote objects "
                                         "({\"votedFor\": ..., \"userDetails\": {...}})")

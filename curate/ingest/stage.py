@@ -21,7 +21,7 @@ from curate import ids
 from curate.dataset import Dataset, read_shard
 from curate.ingest import hpdv2, hpdv3, hub, pickapic, rapidata, table
 from curate.ingest.candidates import ShardState, assemble, describe_row, image_keys
-from curate.ingest.pickapic import SourceError
+from curate.ingest.pickapic import SourceError, one_line
 from curate.ingest.reasons import Reason
 from curate.options import Format
 from curate.runner import ShardContext, Stage, commit_shard_file
@@ -74,7 +74,8 @@ class IngestStage(Stage):
             try:
                 specs.extend(self._plan_file(f))
             except OSError as exc:  # unreadable (permissions, a vanished file): the run stops, naming it
-                raise SourceError(f"{f}: cannot be read ({exc.strerror or exc}); check the file's permissions") from None
+                raise SourceError(f"{f}: cannot be read ({exc.strerror or one_line(exc)}); check the file's "
+                                  f"permissions") from None
         return specs
 
     def _plan_file(self, f: str, shard_rows: int | None = None) -> list[dict]:
