@@ -53,6 +53,8 @@ def ingest(
     from curate.ingest.stage import IngestStage
 
     pairs = _parse_mapping(mapping or [])
+    if pairs and format is Format.auto:
+        format = Format.table  # a column mapping is the generic table's
     mirror = str(hub_mirror) if hub_mirror else None
     try:
         files = expand_sources(sources, format, mirror)

@@ -69,6 +69,9 @@ class IngestStage(Stage):
                 for f in self.files}
 
     def plan(self, dataset: Dataset) -> list[dict]:
+        if self.format == Format.auto:
+            raise SourceError("IngestStage needs the layout itself: choose it first with "
+                              "curate.ingest.sources.resolve_format(Format.auto, files)")
         specs = []
         for f in self.files:
             try:

@@ -5,8 +5,10 @@ prompt; image_a / image_b (bytes, an HF Image struct, a path under --image-root,
 --allow-network), or uid_a / uid_b (image ids without bytes, e.g. HPDv2-test-style image_left_id);
 one label column (a/b/tie, left/right, or the winner's index 0/1 with 0.5 a tie), or pref (1 = left
 wins, -1 = right, 0 = tie: HPDv2-test-style), or label_0/label_1 (Pick-a-Pic floats), or
-votes_a/votes_b counts; annotator and trust (one row per vote: Datapoint-style per-vote trust
-scores, kept as pairs.annotator_trust); model_a/model_b; created_at.
+votes_a/votes_b counts; annotator and trust (one row per vote: Datapoint's 2M-vote set gives every
+vote its annotator's trust score at voting time; its column names sit behind the dataset's access
+gate, so where the aliases below miss, name them with --map annotator=... --map trust=...; kept as
+pairs.annotator_trust); model_a/model_b; created_at.
 CSV is read as text and every value parsed per row, so a bad value rejects its row, not the file.
 """
 from __future__ import annotations
