@@ -35,7 +35,7 @@ def looks_like_repo_id(source: str) -> bool:
 
 
 def is_ref(path: str) -> bool:
-    return path.startswith(PREFIX)
+    return str(path).startswith(PREFIX)
 
 
 def parquet_refs(source: str, mirror: str | None) -> list[str]:

@@ -65,8 +65,8 @@ class IngestStage(Stage):
     def source_fingerprint(self) -> dict:
         # Hashing hundreds of GB on every start is not an option: size and modification time stand in
         # (a Hub file: the repo revision in its reference).
-        return {f: hub.fingerprint(f, self.hub_mirror) if hub.is_ref(f) else [os.stat(f).st_size, os.stat(f).st_mtime_ns]
-                for f in self.files}
+        return {f: hub.fingerprint(f, self.hub_mirror) if hub.is_ref(f) else
+                [os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in self.files}
 
     def plan(self, dataset: Dataset) -> list[dict]:
         if self.format == Format.auto:
