@@ -6,6 +6,7 @@ import functools
 import http.server
 import json
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -62,6 +63,7 @@ def test_rapidata_every_vote_is_a_judgement_with_its_voter(tmp_path):
     path, expected, reasons = write_rapidata(tmp_path / "raw")
     output = ingest(str(path), "-o", str(tmp_path / "ds"))
     assert "reading as rapidata" in output
+    assert re.search(r"votes read with no voter id \(named SOURCE#ROW:K\)\W+3\b", output)  # row 0 (two), row 3 (one)
     pairs, rejects = outcome(tmp_path / "ds")
     assert {k: (p["label"], p["annotator_id"], p["annotator_trust"]) for k, p in pairs.items()} == expected
     assert rejects == reasons

@@ -89,6 +89,8 @@ def print_ingest_summary(stats: dict[str, int], out: Path) -> None:
             ("accepted", stats.get("accepted", 0)), ("rejected", sum(rejected.values()))]
     rows += [(f"  {reason}", n) for reason, n in sorted(rejected.items(), key=lambda kv: -kv[1])]
     balanced = stats.get("items", 0) == stats.get("accepted", 0) + sum(rejected.values())
+    if stats.get("anonymous_votes"):  # Rapidata's records name no voter: each such vote got SOURCE#ROW:K
+        rows.append(("votes read with no voter id (named SOURCE#ROW:K)", stats["anonymous_votes"]))
     rows.append(("reconciles", "yes" if balanced else "NO"))
     print_counts(f"ingest -> {out}", rows)
     if not balanced:

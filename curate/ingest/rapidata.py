@@ -89,6 +89,14 @@ def read(spec: dict, batch_rows: int, source: str, root, allow_network: bool):
         yield pa.Table.from_pylist(out, schema=CANDIDATE_SCHEMA), (lambda i: rows[i])
 
 
+def anonymous_votes(cand: pa.Table, source: str) -> int:
+    """How many of these candidates are votes whose record named no voter (they got ``SOURCE#ROW:K``)."""
+    import pyarrow.compute as pc
+
+    given = pc.starts_with(pc.fill_null(cand["annotator_id"], ""), f"{source}#")
+    return int(pc.sum(pc.and_(given, cand["reason"].is_null())).as_py() or 0)
+
+
 def _candidate(row_index: int, item: int, raw_index: int, **values) -> dict:
     base = dict.fromkeys(CANDIDATE_SCHEMA.names)
     base.update(source_row=row_index, source_item=item, raw_index=raw_index, **values)

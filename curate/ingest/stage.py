@@ -120,6 +120,8 @@ class IngestStage(Stage):
     def _process_local(self, spec: dict, ctx: ShardContext):
         state = ShardState(full_decode=self.full_decode)
         for candidates, raw_row in self._read(spec):
+            if self.format == Format.rapidata:
+                ctx.stats["anonymous_votes"] += rapidata.anonymous_votes(candidates, spec["source"])
             yield from assemble(candidates, source=spec["source"], split=spec["split"], raw_row=raw_row,
                                 state=state, stats=ctx.stats)
         ctx.stats["records"] += _records_in(spec)
