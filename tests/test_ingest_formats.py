@@ -158,7 +158,7 @@ def test_hub_id_is_read_shard_by_shard_and_resumes_without_rereading(tmp_path):
     from curate.runner import LocalExecutor, run_stage
 
     files = expand_sources(["yuvalkirstain/pickapic_v2"], Format.auto, str(mirror))
-    fmt, _ = resolve_format(Format.auto, files, str(mirror))
+    fmt, files, _ = resolve_format(Format.auto, files, str(mirror))
     stage = lambda: IngestStage(files=list(files), format=fmt.value, hub_mirror=str(mirror))  # noqa: E731
 
     class Crash(LocalExecutor):

@@ -58,7 +58,7 @@ def ingest(
     mirror = str(hub_mirror) if hub_mirror else None
     try:
         files = expand_sources(sources, format, mirror)
-        fmt, why = resolve_format(format, files, mirror)
+        fmt, files, why = resolve_format(format, files, mirror)
     except SourceError as exc:
         fail(str(exc))
     if why:

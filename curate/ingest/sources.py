@@ -40,10 +40,12 @@ def expand_sources(sources: list[str], fmt: Format, hub_mirror: str | None = Non
     return files
 
 
-def resolve_format(fmt: Format, files: list[str], hub_mirror: str | None = None) -> tuple[Format, str | None]:
-    """(the layout to read every file as, why it was chosen or None when it was asked for)."""
+def resolve_format(fmt: Format, files: list[str], hub_mirror: str | None = None) -> tuple[Format, list[str], str | None]:
+    """(the layout to read every file as, the files of that layout, why it was chosen: None when asked for).
+
+    Under auto, a folder searched for every layout's files keeps only the chosen layout's."""
     if fmt is not Format.auto:
-        return fmt, None
+        return fmt, files, None
     from curate.ingest import sniff
 
     first = files[0]
@@ -51,6 +53,5 @@ def resolve_format(fmt: Format, files: list[str], hub_mirror: str | None = None)
         chosen, why = sniff.choose_format(set(hub.read_schema_names(first, hub_mirror)), first, table_ok=True)
     else:
         chosen, why = sniff.sniff_file(Path(first))
-    if chosen is not Format.table:  # a folder searched for every layout's files: keep the chosen one's
-        files[:] = [f for f in files if any(Path(f).match(p) for p in GLOBS[chosen])]
-    return chosen, f"{Path(first).name}: {why}"
+    kept = [f for f in files if any(Path(f).match(p) for p in GLOBS[chosen])]
+    return chosen, kept, f"{Path(first).name}: {why}"
