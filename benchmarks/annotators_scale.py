@@ -65,6 +65,7 @@ def generate(root: Path, judgements: int, annotators: int, shard_rows: int = 500
             "pair_id": ids.pair_ids("bench", np.arange(start, start + n), np.zeros(n)),
             "prompt": pa.array(["p"] * n), "prompt_id": hex_of(prompt, 1), "image_a_id": hex_of(a, 2),
             "image_b_id": hex_of(b, 2), "label": pa.array(label), "annotator_id": pa.array(who.astype(str)),
+            "annotator_trust": pa.nulls(n, pa.float64()),
             "votes_a": pa.nulls(n, pa.int32()), "votes_b": pa.nulls(n, pa.int32()), "model_a": pa.nulls(n, pa.string()),
             "model_b": pa.nulls(n, pa.string()), "created_at": pa.nulls(n, pa.timestamp("us", tz="UTC")),
             "source": pa.array(["bench"] * n), "source_row": pa.array(np.arange(start, start + n)),

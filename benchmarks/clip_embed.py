@@ -38,7 +38,7 @@ def build_dataset(root: Path, n_images: int, size: int, prompts: int = 8) -> lis
              "prompt": [pool.prompts[pool.prompt_of(2 * k)] for k in range(n)],
              "prompt_id": [ids.prompt_id(pool.prompts[pool.prompt_of(2 * k)]) for k in range(n)],
              "image_a_id": image_ids[0::2][:n], "image_b_id": image_ids[1::2][:n], "label": ["a"] * n,
-             **{c: [None] * n for c in ("annotator_id", "votes_a", "votes_b", "model_a", "model_b", "created_at")},
+             **{c: [None] * n for c in ("annotator_id", "annotator_trust", "votes_a", "votes_b", "model_a", "model_b", "created_at")},
              "source": [source] * n, "source_row": list(range(n)), "source_item": [0] * n, "split": ["train"] * n}
     written = {"pairs": [write_shard(root / "tables/pairs/bench-00000.arrow", schema.load("pairs"), [schema.load("pairs").table(pairs)])]}
     images = {"image_id": image_ids, "bytes": blobs, "format": list(pool.fmt), "width": [size] * len(blobs),

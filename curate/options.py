@@ -1,8 +1,8 @@
 """Every choice prefcurate offers, defined once: the CLI, the stages and the trainer share these.
 
 Stdlib only, so importing it costs nothing. Used by `annotators`, `flag` and the options every
-command shares (curate/cli/common.py: executor, device, precision); the trainer's choices
-(curate/cli/train.py) and ingest's formats are still to move here.
+command shares (curate/cli/common.py: executor, device, precision) and ingest's formats; the trainer's choices
+(curate/cli/train.py) are still to move here.
 """
 from __future__ import annotations
 
@@ -14,10 +14,13 @@ OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 class Format(str, Enum):
-    """Layouts `ingest` reads."""
+    """Layouts `ingest` reads; auto picks one from the first file's columns or keys."""
 
+    auto = "auto"
     pickapic = "pickapic"
     hpdv2 = "hpdv2"
+    hpdv3 = "hpdv3"
+    rapidata = "rapidata"
     table = "table"
 
 

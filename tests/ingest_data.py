@@ -107,3 +107,58 @@ def write_table(folder: Path) -> tuple[Path, Path, dict[int, str]]:
     jsonl = folder / "pairs.jsonl"
     jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows) + "{not json\n")
     return csv, jsonl, bad
+
+
+HF_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+def _vote(voted_for: str, score=None, **extra) -> dict:
+    details = {"country": "DE", "language": "de"}
+    if score is not None:
+        details["userScore"] = score
+    return {"votedFor": voted_for, "userDetails": details, **extra}
+
+
+def write_rapidata(folder: Path) -> tuple[Path, dict, dict]:
+    """A Rapidata-layout parquet; returns it, {(row, item): (label, annotator, trust)} of the pairs it must
+    give and {(row, item): reason} of its rejects. Voters have no id unless a record carries userId."""
+    one, two = image_bytes("red"), image_bytes("blue", "JPEG")
+    image1, image2 = {"bytes": one, "path": "flux_1.png"}, {"bytes": two, "path": "dalle_1.jpg"}
+    nested = {"votedFor": "dalle_1.jpg", "userDetails": {"country": "IN", "userScores": {"global": 0.25}}}
+    rows = [
+        ("three votes", [_vote("flux_1.png", 0.9), nested, _vote("flux_1.png", 0.4, userId="u7")], 2, 1),
+        ("counts disagree", [_vote("flux_1.png"), _vote("dalle_1.jpg")], 5, 5),
+        ("not json", "[{'votedFor':", 1, 0),
+        ("unknown image", [_vote("image2", 0.1), _vote("nobody.png", 0.2)], 0, 1),
+        ("counts only", None, 3, 1),
+    ]
+    table = pa.table({
+        "prompt": [r[0] for r in rows], "image1": pa.array([image1] * len(rows), HF_IMAGE),
+        "image2": pa.array([image2] * len(rows), HF_IMAGE),
+        "votes_image1": pa.array([r[2] for r in rows], pa.int64()), "votes_image2": pa.array([r[3] for r in rows], pa.int64()),
+        "model1": ["flux"] * len(rows), "model2": ["dalle"] * len(rows),
+        "detailed_results": [r[1] if isinstance(r[1], str) or r[1] is None else json.dumps(r[1]) for r in rows],
+    })
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "train-00000-of-00001.parquet"
+    pq.write_table(table, path)
+    anon = "rapidata:train-00000-of-00001.parquet#{}:{}".format
+    pairs = {(0, 0): ("a", anon(0, 0), 0.9), (0, 1): ("b", anon(0, 1), 0.25), (0, 2): ("a", "u7", 0.4),
+             (3, 0): ("b", anon(3, 0), 0.1), (4, 0): ("a", None, None)}
+    return path, pairs, {(1, 0): "unparseable_label", (2, 0): "bad_type", (3, 1): "unparseable_label"}
+
+
+def write_hpdv3(folder: Path) -> tuple[Path, dict[int, str]]:
+    """HPDv3 train.json (path1 preferred) with images beside it; returns it and {row: reason} of its rejects."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    for i, colour in enumerate(COLOURS[:3]):
+        (folder / "images" / f"{i}.png").write_bytes(image_bytes(colour))
+    records = [
+        {"prompt": "p0", "path1": "images/0.png", "path2": "images/1.png", "model1": "m1", "model2": "m2",
+         "confidence": 0.8, "choice_dist": [8, 2]},
+        {"prompt": "p1", "path1": "images/2.png", "path2": "images/0.png", "model1": "m2", "model2": "m1"},
+        {"prompt": "p2", "path1": "images/9.png", "path2": "images/0.png"},
+        {"prompt": "p3", "path1": ["images/0.png"], "path2": "images/1.png"},
+    ]
+    (folder / "train.json").write_text(json.dumps(records))
+    return folder / "train.json", {2: "missing_file", 3: "bad_type"}

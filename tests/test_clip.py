@@ -55,7 +55,7 @@ def write_world(root, seed: int = 0, n_prompts: int = 4, per_prompt: int = 3, co
     pairs = {"pair_id": [ids.pair_id(source, k) for k in range(n)], "prompt": [pool.prompts[p] for p, _, _ in triples],
              "prompt_id": [ids.prompt_id(pool.prompts[p]) for p, _, _ in triples],
              "image_a_id": [image_ids[a] for _, a, _ in triples], "image_b_id": [image_ids[b] for _, _, b in triples],
-             "label": [("a", "b", "tie")[k % 3] for k in range(n)], "annotator_id": [None] * n, "votes_a": [None] * n,
+             "label": [("a", "b", "tie")[k % 3] for k in range(n)], "annotator_id": [None] * n, "annotator_trust": [None] * n, "votes_a": [None] * n,
              "votes_b": [None] * n, "model_a": [None] * n, "model_b": [None] * n, "created_at": [None] * n,
              "source": [source] * n, "source_row": list(range(n)), "source_item": [0] * n, "split": ["train"] * n}
     written = {"pairs": [write_shard(root / "tables" / "pairs" / f"ingest-{shard}.arrow", schema.load("pairs"), [schema.load("pairs").table(pairs)])]}

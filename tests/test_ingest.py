@@ -69,7 +69,7 @@ def test_manifest_records_schemas_counts_and_checksums(tmp_path):
     path, _ = write_pickapic(tmp_path / "raw")
     ingest_cli(str(path), "-f", "pickapic", "-o", str(tmp_path / "ds"))
     manifest = json.loads((tmp_path / "ds" / "runs" / "ingest" / "manifest.json").read_text())
-    assert manifest["schemas"]["pairs"] == {"name": "pairs", "version": 1}
+    assert manifest["schemas"]["pairs"] == {"name": "pairs", "version": 2}  # v2: annotator_trust
     ds = Dataset(tmp_path / "ds")
     assert manifest["tables"]["pairs"]["rows"] == ds.num_rows("pairs")
     import hashlib
@@ -122,7 +122,7 @@ def test_table_mapping_errors_name_the_fix(tmp_path):
     result = runner.invoke(app, ["ingest", str(csv), "-f", "pickapic", "-o", str(tmp_path / "ds")])
     assert result.exit_code == 2 and "--format" in result.output  # a CSV is not a Pick-a-Pic parquet
     result = runner.invoke(app, ["ingest", str(csv), "-f", "nope", "-o", str(tmp_path / "ds")])
-    assert result.exit_code == 2 and "pickapic, hpdv2, table" in result.output
+    assert result.exit_code == 2 and "'pickapic', 'hpdv2', 'hpdv3', 'rapidata', 'table'" in result.output  # an Enum now
 
 
 def test_unreadable_parquet_is_fatal_with_the_file_named(tmp_path):

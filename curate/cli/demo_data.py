@@ -8,7 +8,7 @@ import typer
 
 from curate.cli.output import json_summary
 
-ALL_FORMATS = "pickapic,hpdv2,multivote,table"
+ALL_FORMATS = "pickapic,hpdv2,multivote,table"  # the default; votes, hpdv2_pref and hpdv3 on request
 
 
 @json_summary
@@ -18,7 +18,9 @@ def demo_data(
     seed: Annotated[int, typer.Option(help="Same seed, same options -> byte-identical files.")] = 0,
     minority_rate: Annotated[float, typer.Option(min=0.0, max=0.95, help="Target share of labels that reverse the majority's preference.")] = 0.2,
     image_size: Annotated[int, typer.Option(min=16, max=1024, help="Side of the rendered images in pixels.")] = 64,
-    formats: Annotated[str, typer.Option(help=f"Comma-separated layouts out of {ALL_FORMATS}.")] = ALL_FORMATS,
+    formats: Annotated[str, typer.Option(help=f"Comma-separated layouts out of {ALL_FORMATS} (the default) and "
+                                          "votes (a row per vote, with trust), hpdv2_pref (HPDv2-test-style "
+                                          "+1/-1) and hpdv3.")] = ALL_FORMATS,
     no_images: Annotated[bool, typer.Option("--no-images", help="Metadata-only Pick-a-Pic (no jpg_0/jpg_1, like pickapic_v2_no_images); implies --formats pickapic.")] = False,
     malformed: Annotated[int, typer.Option(min=0, help="Malformed rows to plant in each layout (recorded in truth/planted.parquet).")] = 0,
     rows_per_file: Annotated[int | None, typer.Option(min=1, help="Pick-a-Pic rows per parquet file [default: 20,000 with images, 1,000,000 without].")] = None,

@@ -23,7 +23,8 @@ from curate.ingest.reasons import Reason, Rejected
 CANDIDATE_SCHEMA = pa.schema([
     ("source_row", pa.int64()), ("source_item", pa.int32()), ("prompt", pa.string()),
     ("bytes_a", pa.binary()), ("bytes_b", pa.binary()), ("uid_a", pa.string()), ("uid_b", pa.string()),
-    ("label", pa.string()), ("annotator_id", pa.string()), ("votes_a", pa.int32()), ("votes_b", pa.int32()),
+    ("label", pa.string()), ("annotator_id", pa.string()), ("annotator_trust", pa.float64()),
+    ("votes_a", pa.int32()), ("votes_b", pa.int32()),
     ("model_a", pa.string()), ("model_b", pa.string()), ("created_at", pa.timestamp("us", tz="UTC")),
     ("reason", pa.string()), ("message", pa.string()), ("raw_index", pa.int64()),
 ])
@@ -138,7 +139,8 @@ def _pairs_table(cand: pa.Table, id_a: list[str], id_b: list[str], source: str, 
     table = schemas.load("pairs").table({
         "pair_id": ids.hex_words(hi, lo), "prompt": cand["prompt"], "prompt_id": ids.prompt_ids(cand["prompt"]),
         "image_a_id": pa.array(id_a.tolist(), pa.string()), "image_b_id": pa.array(id_b.tolist(), pa.string()),
-        "label": cand["label"], "annotator_id": cand["annotator_id"], "votes_a": cand["votes_a"],
+        "label": cand["label"], "annotator_id": cand["annotator_id"], "annotator_trust": cand["annotator_trust"],
+        "votes_a": cand["votes_a"],
         "votes_b": cand["votes_b"], "model_a": cand["model_a"], "model_b": cand["model_b"],
         "created_at": cand["created_at"], "source": pa.array([source] * n, pa.string()),
         "source_row": cand["source_row"], "source_item": cand["source_item"], "split": pa.array([split] * n, pa.string()),

@@ -57,7 +57,9 @@ def label_from_value(value) -> str:
     if isinstance(value, (int, float)):
         if value in (0, 1, 0.5):
             return {0: "a", 1: "b", 0.5: "tie"}[value]
-        raise Rejected(Reason.UNPARSEABLE_LABEL, f"label {value!r}: numeric labels must be 0 (A wins), 1 (B wins) or 0.5 (tie)")
+        hint = "; for 1 = left / -1 = right use --map pref=COLUMN" if value == -1 else ""
+        raise Rejected(Reason.UNPARSEABLE_LABEL, f"label {value!r}: numeric labels must be 0 (A wins), 1 (B wins) or "
+                                                 f"0.5 (tie){hint}")
     if isinstance(value, str):
         key = value.strip().lower()
         if key == "":
@@ -67,6 +69,42 @@ def label_from_value(value) -> str:
         raise Rejected(Reason.UNPARSEABLE_LABEL, f"label {value!r} is no known encoding; expected one of "
                                                  f"{sorted(set(_TEXT_LABELS))}")
     raise Rejected(Reason.BAD_TYPE, f"label {value!r} has type {type(value).__name__}; expected text or a number")
+
+
+def label_from_sign(value) -> str:
+    """HPDv2-test-style ``pref``: 1 = the left image (A) wins, -1 = the right (B), 0 = tie. A separate
+    encoding from ``label_from_value``, whose 1 means B: which one applies is the column's, never the value's."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value == "":
+        raise Rejected(Reason.MISSING_LABEL, "pref is empty")
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise Rejected(Reason.UNPARSEABLE_LABEL, f"pref {value!r}: expected 1 (left wins), -1 (right wins) "
+                                                     f"or 0 (tie)") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Rejected(Reason.BAD_TYPE, f"pref {value!r} has type {type(value).__name__}; expected 1, -1 or 0")
+    if value in (1, -1, 0):
+        return {1: "a", -1: "b", 0: "tie"}[value]
+    raise Rejected(Reason.UNPARSEABLE_LABEL, f"pref {value!r}: expected 1 (left wins), -1 (right wins) or 0 (tie)")
+
+
+def trust_value(value, name: str = "trust") -> float | None:
+    """An annotator's trust score: a finite number (text parsed), or None when absent."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise Rejected(Reason.BAD_TYPE, f"{name} {value!r} is not a number") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Rejected(Reason.BAD_TYPE, f"{name} {value!r} has type {type(value).__name__}; expected a number")
+    if math.isnan(value):
+        return None
+    if not math.isfinite(value):
+        raise Rejected(Reason.OUT_OF_RANGE, f"{name} {value!r} is not a finite number")
+    return float(value)
 
 
 INT32_MAX = 2**31 - 1  # votes are stored as int32

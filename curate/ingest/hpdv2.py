@@ -19,22 +19,34 @@ from curate.ingest.candidates import CANDIDATE_SCHEMA
 from curate.ingest.columns import identifier
 from curate.ingest.images import load_image_ref
 from curate.ingest.pickapic import SourceError
+from curate.ingest.planning import record_ranges
 from curate.ingest.reasons import Reason, Rejected
 from curate.ingest.textfiles import json_array_items
 
 
-def load_records(path: Path) -> list:
+def load_records(path: Path, fmt: str = "hpdv2") -> list:
     try:
         return json_array_items(path)
     except OSError as exc:
-        raise SourceError(f"{path}: cannot be read ({exc.strerror}); --format hpdv2 expects train.json or test.json "
-                          f"of the HPDv2 release") from None
+        raise SourceError(f"{path}: cannot be read ({exc.strerror}); --format {fmt} expects the train.json or "
+                          f"test.json of the {fmt.upper()} release") from None
+
+
+def _pairs_of(record) -> int:
+    """How many pairs a record expands into (1 for one that will be rejected)."""
+    if not isinstance(record, dict):
+        return 1
+    paths = record.get("file_path", record.get("image_path"))
+    annotations = record.get("raw_annotations")
+    n = len(paths) if isinstance(paths, list) else 0
+    return max(1, n * (n - 1) // 2 * (len(annotations) if isinstance(annotations, list) and annotations else 1))
 
 
 def plan(path: Path, shard_rows: int, image_root: Path) -> list[dict]:
+    """Shards of whole records, grouped until the pairs they expand into reach ``shard_rows``."""
     records = load_records(path)
-    return [{"file": str(path), "first_row": start, "records": records[start:start + shard_rows],
-             "image_root": str(image_root)} for start in range(0, max(len(records), 1), shard_rows) if records]
+    return [{"file": str(path), "first_row": start, "records": records[start:stop], "image_root": str(image_root)}
+            for start, stop in record_ranges([_pairs_of(r) for r in records], shard_rows)]
 
 
 def _rankings(record: dict) -> tuple[list, list[tuple[list, str | None]]]:

@@ -1,7 +1,9 @@
 """Pick-a-Pic v1/v2 parquet: one judgement per row (see the dataset card's columns).
 
 Labels are decoded column-wise (no Python loop per row): label_0/label_1 of 1/0, 0/1 or 0.5/0.5.
-``jpg_0``/``jpg_1`` may be absent (``pickapic_v2_no_images``): images are then known by their uids.
+``jpg_0``/``jpg_1`` may be absent (``pickapic_v2_no_images``): images are then known by their uids
+and no bytes are stored, unless ``--allow-network`` fetches them from ``image_0_url``/``image_1_url``
+(a URL that fails rejects its row as ``fetch_failed``; the links of the published set are mostly dead).
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import pyarrow.parquet as pq
 
 from curate.ingest.candidates import CANDIDATE_SCHEMA
 from curate.ingest.columns import coerce
-from curate.ingest.reasons import Reason
+from curate.ingest.images import load_image_ref
+from curate.ingest.reasons import Reason, Rejected
 
 REQUIRED = ("caption", "label_0", "label_1")
 
@@ -100,7 +103,7 @@ def candidates(batch: pa.RecordBatch, first_row: int) -> pa.Table:
         pa.array(np.arange(first_row, first_row + n, dtype=np.int64)), pa.array(np.zeros(n, np.int32)),
         prompt, *images,
         optional("image_0_uid", pa.string()), optional("image_1_uid", pa.string()),
-        pa.array(label, pa.string()), optional("user_id", pa.string()), pa.nulls(n, pa.int32()),
+        pa.array(label, pa.string()), optional("user_id", pa.string()), pa.nulls(n, pa.float64()), pa.nulls(n, pa.int32()),
         pa.nulls(n, pa.int32()), optional("model_0", pa.string()), optional("model_1", pa.string()),
         created, pa.array(reasons, pa.string()), pa.array(messages, pa.string()),
         pa.array(np.arange(n, dtype=np.int64)),
@@ -123,14 +126,34 @@ def plan(path: Path, shard_rows: int) -> list[dict]:
     return specs
 
 
-def read(spec: dict, batch_rows: int):
+def read(spec: dict, batch_rows: int, allow_network: bool = False):
     """Yield (candidates, raw_row) per batch of the shard's row groups."""
     parquet = check_file(Path(spec["file"]))
+    fetch = allow_network and not {"jpg_0", "jpg_1"} & set(parquet.schema_arrow.names) and \
+        {"image_0_url", "image_1_url"} <= set(parquet.schema_arrow.names)
     first = spec["first_row"]
     for group in spec["row_groups"]:
         for batch in _group_batches(parquet, group, batch_rows, spec["file"]):
-            yield candidates(batch, first), (lambda i, raw=batch: raw.slice(i, 1).to_pylist()[0])
+            cand = candidates(batch, first)
+            yield (fetch_images(cand, batch) if fetch else cand), (lambda i, raw=batch: raw.slice(i, 1).to_pylist()[0])
             first += batch.num_rows
+
+
+def fetch_images(cand: pa.Table, batch: pa.RecordBatch) -> pa.Table:
+    """``pickapic_v2_no_images`` with --allow-network: each unrejected row's images fetched from its URLs."""
+    reasons, messages = cand["reason"].to_pylist(), cand["message"].to_pylist()
+    fetched = {"a": [None] * cand.num_rows, "b": [None] * cand.num_rows}
+    for side, column in (("a", "image_0_url"), ("b", "image_1_url")):
+        for i, url in enumerate(batch.column(column).to_pylist()):
+            if reasons[i] is None:
+                try:
+                    fetched[side][i] = load_image_ref(url, None, allow_network=True)
+                except Rejected as exc:
+                    reasons[i], messages[i] = exc.reason.value, exc.message
+    cand = cand.set_column(cand.schema.get_field_index("bytes_a"), "bytes_a", pa.array(fetched["a"], pa.binary()))
+    cand = cand.set_column(cand.schema.get_field_index("bytes_b"), "bytes_b", pa.array(fetched["b"], pa.binary()))
+    cand = cand.set_column(cand.schema.get_field_index("reason"), "reason", pa.array(reasons, pa.string()))
+    return cand.set_column(cand.schema.get_field_index("message"), "message", pa.array(messages, pa.string()))
 
 
 def _group_batches(parquet: pq.ParquetFile, group: int, batch_rows: int, path: str):

@@ -9,8 +9,8 @@ result does not depend on the executor.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -19,55 +19,15 @@ import pyarrow.compute as pc
 
 from curate import ids
 from curate.dataset import Dataset, read_shard
-from curate.ingest import hpdv2, pickapic, table
+from curate.ingest import hpdv2, hpdv3, hub, pickapic, rapidata, table
 from curate.ingest.candidates import ShardState, assemble, describe_row, image_keys
-from curate.ingest.pickapic import SourceError
+from curate.ingest.pickapic import SourceError, one_line
 from curate.ingest.reasons import Reason
+from curate.options import Format
 from curate.runner import ShardContext, Stage, commit_shard_file
 
 
-class Format(str, Enum):
-    pickapic = "pickapic"
-    hpdv2 = "hpdv2"
-    table = "table"
-
-
-_GLOBS = {Format.pickapic: ("*.parquet",), Format.hpdv2: ("*.json",),
-          Format.table: ("*.csv", "*.tsv", "*.jsonl", "*.ndjson", "*.parquet")}
 _SPLITS = ("validation_unique", "test_unique", "validation", "test", "train")
-
-
-def expand_sources(sources: list[str], fmt: Format) -> list[Path]:
-    """Input files from paths, folders (searched recursively) or, for pickapic, a Hugging Face dataset id."""
-    files: list[Path] = []
-    for source in sources:
-        path = Path(source)
-        if path.is_file():
-            files.append(path)
-        elif path.is_dir():
-            found = sorted(p for pattern in _GLOBS[fmt] for p in path.rglob(pattern))
-            if not found:
-                raise SourceError(f"{path}: no {' / '.join(_GLOBS[fmt])} files inside for --format {fmt.value}")
-            files.extend(found)
-        elif fmt is Format.pickapic and source.count("/") == 1 and not source.startswith("."):
-            files.extend(_download_hub_dataset(source))
-        else:
-            raise SourceError(f"{source}: no such file or folder")
-    return files
-
-
-def _download_hub_dataset(repo_id: str) -> list[Path]:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise SourceError(f"{repo_id}: looks like a Hugging Face dataset id, but HF_HUB_OFFLINE is set; download "
-                          f"the parquet files elsewhere and pass their folder instead")
-    from huggingface_hub import snapshot_download
-
-    try:
-        folder = snapshot_download(repo_id, repo_type="dataset", allow_patterns=["*.parquet", "**/*.parquet"])
-    except Exception as exc:
-        raise SourceError(f"{repo_id}: could not download it from the Hugging Face Hub ({exc}); pass a local "
-                          f"folder of parquet files instead") from None
-    return sorted(Path(folder).rglob("*.parquet"))
 
 
 def split_of(path: Path, default: str | None) -> str:
@@ -79,6 +39,8 @@ def split_of(path: Path, default: str | None) -> str:
 
 @dataclass
 class IngestStage(Stage):
+    """``files`` are local paths or ``hf://`` references (curate.ingest.hub), all of one layout ``format``."""
+
     files: list[str]
     format: str
     image_root: str | None = None
@@ -88,47 +50,78 @@ class IngestStage(Stage):
     batch_rows: int = 10_000
     allow_network: bool = False
     full_decode: bool = False
+    hub_mirror: str | None = None  # where hf:// references are served from (not output-changing: not in config)
 
     name = "ingest"
-    version = 1
+    version = 2
     outputs = {"pairs": "pairs", "images": "images", "rejects": "rejects"}
 
     def config(self) -> dict:
-        return {"files": [os.path.abspath(f) for f in self.files], "format": self.format,
+        return {"files": [f if hub.is_ref(f) else os.path.abspath(f) for f in self.files], "format": self.format,
                 "image_root": self.image_root and os.path.abspath(self.image_root), "mapping": self.mapping,
                 "split": self.split, "shard_rows": self.shard_rows, "allow_network": self.allow_network,
                 "full_decode": self.full_decode}
 
     def source_fingerprint(self) -> dict:
-        # Hashing hundreds of GB on every start is not an option: size and modification time stand in.
-        return {f: [os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in self.files}
+        # Hashing hundreds of GB on every start is not an option: size and modification time stand in
+        # (a Hub file: the repo revision in its reference).
+        return {f: hub.fingerprint(f, self.hub_mirror) if hub.is_ref(f) else
+                [os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in self.files}
 
     def plan(self, dataset: Dataset) -> list[dict]:
+        if self.format == Format.auto:
+            raise SourceError("IngestStage needs the layout itself: choose it first with "
+                              "curate.ingest.sources.resolve_format(Format.auto, files)")
         specs = []
-        for f in map(Path, self.files):
+        for f in self.files:
             try:
                 specs.extend(self._plan_file(f))
             except OSError as exc:  # unreadable (permissions, a vanished file): the run stops, naming it
-                raise SourceError(f"{f}: cannot be read ({exc.strerror or exc}); check the file's permissions") from None
+                raise SourceError(f"{f}: cannot be read ({exc.strerror or one_line(exc)}); check the file's "
+                                  f"permissions") from None
         return specs
 
-    def _plan_file(self, f: Path) -> list[dict]:
-        """The shard specs of one input file."""
+    def _plan_file(self, f: str, shard_rows: int | None = None) -> list[dict]:
+        """The shard specs of one input file; a Hub file is one shard, planned when it has been fetched."""
+        name = hub.display_name(f) if hub.is_ref(f) else Path(f).name
+        common = {"source": ids.source_name(self.format, name), "split": split_of(Path(name), self.split)}
+        if hub.is_ref(f):
+            return [{"file": f, "hub": True, **common}]
+        path, rows = Path(f), shard_rows or self.shard_rows
         if self.format == Format.pickapic:
-            file_specs = pickapic.plan(f, self.shard_rows)
-        elif self.format == Format.hpdv2:
-            file_specs = hpdv2.plan(f, max(1, self.shard_rows // 10), Path(self.image_root or f.parent))
+            file_specs = pickapic.plan(path, rows)
+        elif self.format == Format.rapidata:
+            file_specs = rapidata.plan(path, rows)
+        elif self.format in (Format.hpdv2, Format.hpdv3):
+            module = hpdv2 if self.format == Format.hpdv2 else hpdv3
+            file_specs = module.plan(path, rows, Path(self.image_root or path.parent))
         else:
-            file_specs = table.plan(f, self.shard_rows, {"mapping": self.mapping, "image_root": self.image_root,
-                                                         "allow_network": self.allow_network})
-        for spec in file_specs:
-            spec.update(source=ids.source_name(self.format, f.name), split=split_of(f, self.split))
-        return file_specs
+            file_specs = table.plan(path, rows, {"mapping": self.mapping, "image_root": self.image_root,
+                                                 "allow_network": self.allow_network})
+        return [{**spec, **common} for spec in file_specs]
+
+    def _read(self, spec: dict):
+        if self.format == Format.rapidata:
+            root = Path(self.image_root) if self.image_root else None
+            return rapidata.read(spec, self.batch_rows, spec["source"], root, self.allow_network)
+        if self.format == Format.pickapic:
+            return pickapic.read(spec, self.batch_rows, self.allow_network)
+        return {Format.hpdv2: hpdv2.read, Format.hpdv3: hpdv3.read, Format.table: table.read}[Format(self.format)](
+            spec, self.batch_rows)
 
     def process(self, spec: dict, ctx: ShardContext):
-        reader = {Format.pickapic: pickapic.read, Format.hpdv2: hpdv2.read, Format.table: table.read}[Format(self.format)]
+        if spec.get("hub"):
+            with hub.local_copy(spec["file"], self.hub_mirror) as local:
+                for local_spec in self._plan_file(str(local), shard_rows=sys.maxsize):
+                    yield from self._process_local({**local_spec, **{k: spec[k] for k in ("source", "split")}}, ctx)
+        else:
+            yield from self._process_local(spec, ctx)
+
+    def _process_local(self, spec: dict, ctx: ShardContext):
         state = ShardState(full_decode=self.full_decode)
-        for candidates, raw_row in reader(spec, self.batch_rows):
+        for candidates, raw_row in self._read(spec):
+            if self.format == Format.rapidata:
+                ctx.stats["anonymous_votes"] += rapidata.anonymous_votes(candidates, spec["source"])
             yield from assemble(candidates, source=spec["source"], split=spec["split"], raw_row=raw_row,
                                 state=state, stats=ctx.stats)
         ctx.stats["records"] += _records_in(spec)

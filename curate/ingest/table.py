@@ -2,8 +2,13 @@
 
 Logical columns and the names they are looked for under (``--map logical=column`` overrides):
 prompt; image_a / image_b (bytes, an HF Image struct, a path under --image-root, or a URL with
---allow-network); one label column (a/b/tie, left/right, or the winner's index 0/1 with 0.5 a tie),
-or label_0/label_1 (Pick-a-Pic floats), or votes_a/votes_b counts; annotator; model_a/model_b; created_at.
+--allow-network), or uid_a / uid_b (image ids without bytes, e.g. HPDv2-test-style image_left_id);
+one label column (a/b/tie, left/right, or the winner's index 0/1 with 0.5 a tie), or pref (1 = left
+wins, -1 = right, 0 = tie: HPDv2-test-style), or label_0/label_1 (Pick-a-Pic floats), or
+votes_a/votes_b counts; annotator and trust (one row per vote: Datapoint's 2M-vote set gives every
+vote its annotator's trust score at voting time; its column names sit behind the dataset's access
+gate, so where the aliases below miss, name them with --map annotator=... --map trust=...; kept as
+pairs.annotator_trust); model_a/model_b; created_at.
 CSV is read as text and every value parsed per row, so a bad value rejects its row, not the file.
 """
 from __future__ import annotations
@@ -15,7 +20,8 @@ import pyarrow as pa
 
 from curate.ingest.candidates import CANDIDATE_SCHEMA
 from curate.ingest import textfiles
-from curate.ingest.columns import identifier, label_from_pair, label_from_value, label_from_votes, timestamp_value
+from curate.ingest.columns import (identifier, label_from_pair, label_from_sign, label_from_value, label_from_votes,
+                                   timestamp_value, trust_value)
 from curate.ingest.images import load_image_ref
 from curate.ingest.pickapic import SourceError, one_line
 from curate.ingest.reasons import Reason, Rejected
@@ -24,10 +30,14 @@ ALIASES = {
     "prompt": ["prompt", "caption", "text"],
     "image_a": ["image_a", "image1", "image_0", "jpg_0", "img_a", "left"],
     "image_b": ["image_b", "image2", "image_1", "jpg_1", "img_b", "right"],
+    "uid_a": ["uid_a", "image_left_id", "image_a_id", "image_0_uid"],
+    "uid_b": ["uid_b", "image_right_id", "image_b_id", "image_1_uid"],
     "label": ["label", "winner", "preference", "choice"],
+    "pref": ["pref"],
     "label_0": ["label_0"], "label_1": ["label_1"],
     "votes_a": ["votes_a", "votes_image1", "votes_0"], "votes_b": ["votes_b", "votes_image2", "votes_1"],
-    "annotator": ["annotator", "annotator_id", "user_id", "user", "rater", "user_hash"],
+    "annotator": ["annotator", "annotator_id", "user_id", "user", "rater", "user_hash", "voter_id"],
+    "trust": ["annotator_trust", "trust", "trust_score", "user_score", "userScore"],
     "model_a": ["model_a", "model1", "model_0"], "model_b": ["model_b", "model2", "model_1"],
     "created_at": ["created_at", "timestamp", "time"],
 }
@@ -51,7 +61,7 @@ def header(path: Path) -> list[str]:
     if kind == "csv":
         return next((fields for _, _, fields in textfiles.csv_records(path, _delimiter(path))), [])
     if kind == "parquet":
-        return _parquet(path).schema_arrow.names
+        return open_parquet(path).schema_arrow.names
     names: dict[str, None] = {}
     for _, _, text in islice(textfiles.lines(path), 1000):
         if text.strip() and "__bad_json__" not in (row := textfiles.parse_json_line(text)):
@@ -59,7 +69,7 @@ def header(path: Path) -> list[str]:
     return list(names)
 
 
-def _parquet(path: Path):
+def open_parquet(path: Path):
     import pyarrow.parquet as pq
 
     try:
@@ -83,8 +93,14 @@ def resolve_mapping(path: Path, overrides: dict[str, str]) -> dict[str, str]:
             mapping[logical] = overrides[logical]
         elif (found := next((a for a in aliases if a in names), None)) is not None:
             mapping[logical] = found
-    has_label = "label" in mapping or {"label_0", "label_1"} <= set(mapping) or {"votes_a", "votes_b"} <= set(mapping)
-    missing = [c for c in ("prompt", "image_a", "image_b") if c not in mapping] + ([] if has_label else ["label"])
+    for chosen, other in (("pref", "label"), ("label", "pref")):  # one label encoding: the one asked for
+        if chosen in overrides and other not in overrides:
+            mapping.pop(other, None)
+    has_label = bool({"label", "pref"} & set(mapping)) or {"label_0", "label_1"} <= set(mapping) or \
+        {"votes_a", "votes_b"} <= set(mapping)
+    missing = ["prompt"] * ("prompt" not in mapping) + [side for side in ("image_a", "image_b") if side not in mapping
+                                                        and f"uid_{side[-1]}" not in mapping]
+    missing += [] if has_label else ["label"]
     if missing:
         raise SourceError(f"{path}: no column found for {missing} (columns: {names}); name them with "
                           f"--map {missing[0]}=COLUMN")
@@ -109,7 +125,7 @@ def plan(path: Path, shard_rows: int, options: dict) -> list[dict]:
     mapping = resolve_mapping(path, options.get("mapping", {}))
     common = {"file": str(path), "mapping": mapping, **{k: options[k] for k in ("image_root", "allow_network")}}
     if kind_of(path) == "parquet":
-        total = _parquet(path).metadata.num_rows
+        total = open_parquet(path).metadata.num_rows
         return [{**common, "first_row": s, "rows": min(shard_rows, total - s)} for s in range(0, total, shard_rows)]
     total, starts = _record_starts(path, shard_rows)
     return [{**common, "first_row": i * shard_rows, "rows": min(shard_rows, total - i * shard_rows), "offset": offset,
@@ -121,7 +137,7 @@ def _raw_rows(spec: dict) -> list[dict]:
     path, n = Path(spec["file"]), spec["rows"]
     kind = kind_of(path)
     if kind == "parquet":
-        return _parquet_rows(path, spec["first_row"], n)
+        return parquet_rows(path, spec["first_row"], n)
     if kind == "jsonl":
         return [textfiles.parse_json_line(text) for _, _, text in islice(textfiles.lines(path, spec["offset"], spec["line"]), n)]
     names = header(path)
@@ -135,8 +151,8 @@ def _raw_rows(spec: dict) -> list[dict]:
     return rows
 
 
-def _parquet_rows(path: Path, first: int, n: int) -> list[dict]:
-    parquet, rows, start = _parquet(path), [], 0
+def parquet_rows(path: Path, first: int, n: int) -> list[dict]:
+    parquet, rows, start = open_parquet(path), [], 0
     for group in range(parquet.metadata.num_row_groups):
         size = parquet.metadata.row_group(group).num_rows
         if start + size > first and start < first + n:
@@ -186,6 +202,8 @@ def _candidate(row: dict, m: dict[str, str], root: Path | None, allow_network: b
     get = lambda logical: row.get(m[logical]) if logical in m else None  # noqa: E731
     if "label" in m:
         label, votes = label_from_value(_number(get("label"))), (None, None)
+    elif "pref" in m:
+        label, votes = label_from_sign(_number(get("pref"))), (None, None)
     elif "label_0" in m:
         label, votes = label_from_pair(_number(get("label_0")), _number(get("label_1"))), (None, None)
     else:
@@ -194,11 +212,20 @@ def _candidate(row: dict, m: dict[str, str], root: Path | None, allow_network: b
     if prompt is not None and not isinstance(prompt, str):
         raise Rejected(Reason.BAD_TYPE, f"prompt {prompt!r} is not text")
     return {"prompt": prompt, "label": label, "votes_a": votes[0], "votes_b": votes[1],
-            "annotator_id": identifier(get("annotator"), "annotator"),
+            "annotator_id": identifier(get("annotator"), "annotator"), "annotator_trust": trust_value(get("trust")),
             "model_a": identifier(get("model_a"), "model_a"), "model_b": identifier(get("model_b"), "model_b"),
             "created_at": timestamp_value(get("created_at")),
-            "bytes_a": load_image_ref(get("image_a"), root, allow_network),
-            "bytes_b": load_image_ref(get("image_b"), root, allow_network)}
+            **_image(get, m, "a", root, allow_network), **_image(get, m, "b", root, allow_network)}
+
+
+def _image(get, m: dict[str, str], side: str, root: Path | None, allow_network: bool) -> dict:
+    """One side's image: bytes when an image column is mapped, else its id (uid_a/uid_b) with no bytes."""
+    if f"image_{side}" in m:
+        return {f"bytes_{side}": load_image_ref(get(f"image_{side}"), root, allow_network)}
+    uid = identifier(get(f"uid_{side}"), f"uid_{side}")
+    if uid is None:
+        raise Rejected(Reason.BAD_TYPE, f"uid_{side} is empty: the row names no image {side.upper()}")
+    return {f"uid_{side}": uid}
 
 
 def read(spec: dict, batch_rows: int):

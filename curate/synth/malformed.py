@@ -69,7 +69,7 @@ def truncate(data: bytes) -> bytes:
 
 
 # ------------------------------------------------------------------ fuzzing: malformed files of every format
-FUZZ_FORMATS = ("pickapic", "hpdv2_train", "hpdv2_test", "csv", "tsv", "jsonl", "table_parquet")
+FUZZ_FORMATS = ("pickapic", "hpdv2_train", "hpdv2_test", "csv", "tsv", "jsonl", "table_parquet", "rapidata", "hpdv3")
 _DEEP = "[" * 5000 + "]" * 5000  # past any JSON parser's nesting limit
 
 
@@ -166,6 +166,29 @@ def _hpdv2_record(rng, imgs, test: bool):
     return record
 
 
+def _hpdv3_record(rng, imgs):
+    refs = (imgs["good_refs"], imgs["bad_refs"] + [None, 3, ["images/0.img"]])
+    return {"prompt": _pick(rng, ["a red cube", "a dog"], _BAD_VALUES["text"] + [None], p_bad=0.15),
+            "path1": _pick(rng, *refs, p_bad=0.15), "path2": _pick(rng, *refs, p_bad=0.15),
+            "model1": _pick(rng, ["sdxl", None], _BAD_VALUES["who"], p_bad=0.1), "confidence": 0.7}
+
+
+def _rapidata_row(rng, imgs) -> dict:
+    """A Rapidata row: Image structs good or bad, a vote list well or badly formed, counts that match or not."""
+    image = lambda: {"bytes": _pick(rng, imgs["good_bytes"], imgs["bad_bytes"] + [None], 0.2),  # noqa: E731
+                     "path": _pick(rng, ["a.png", "b.jpg"], [None, "", "images/404.img"], 0.2)}
+    voted = lambda: _pick(rng, ["a.png", "b.jpg", "image1", "image2"], [None, "", "c.png", 5, ["a.png"]], 0.15)  # noqa: E731
+    score = lambda: _pick(rng, [0.3, 0.9, None], _BAD_VALUES["float"] + ["x", {"g": 1}], 0.15)  # noqa: E731
+    votes = [{"votedFor": voted(), "userDetails": _pick(rng, [{"userScore": score()}, {"userScores": {"global": score()}}],
+                                                        [None, 5, "x", {"userId": [1]}], 0.1)}
+             for _ in range(int(rng.integers(0, 5)))]
+    details = _pick(rng, [_json_text(votes), None], ["{oops", "[1, 2]", "{}", "", _DEEP, "[]"], 0.15)
+    counts = [sum(v["votedFor"] == n for v in votes) for n in ("a.png", "b.jpg")]
+    return {"prompt": _pick(rng, ["a red cube", "a dog"], ["", "  ", None], 0.15), "image1": image(), "image2": image(),
+            "votes_image1": _pick(rng, [counts[0]], [None, 99, -1], 0.2), "votes_image2": _pick(rng, [counts[1]], [None, 0], 0.2),
+            "model1": "m1", "model2": _pick(rng, ["m2"], ["m1", None], 0.2), "detailed_results": details}
+
+
 def _json_text(value) -> str:
     import json
 
@@ -185,6 +208,19 @@ def write_fuzz_file(folder, fmt: str, rows: int, rng: np.random.Generator) -> tu
     imgs = fuzz_images(folder)
     if fmt == "pickapic":
         return _write_pickapic_fuzz(folder / f"train-{rng.integers(1 << 30):09d}.parquet", rows, rng, imgs), "pickapic", rows
+    if fmt == "rapidata":
+        image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+        rows_ = [_rapidata_row(rng, imgs) for _ in range(rows)]
+        types = {"image1": image, "image2": image, "votes_image1": pa.int64(), "votes_image2": pa.int64()}
+        table = pa.table({c: pa.array([r[c] for r in rows_], types.get(c, pa.string())) for c in rows_[0]})
+        path = folder / f"rapidata-{rng.integers(1 << 30):09d}.parquet"
+        pq.write_table(table, path, row_group_size=max(1, rows // 3))
+        return path, "rapidata", rows
+    if fmt == "hpdv3":
+        items = [_json_text(_hpdv3_record(rng, imgs)) if rng.random() > 0.02 else _DEEP for _ in range(rows)]
+        path = folder / f"hpdv3-{rng.integers(1 << 30):09d}.json"
+        path.write_text("[" + ",\n".join(items) + "]")
+        return path, "hpdv3", rows
     if fmt.startswith("hpdv2"):
         items = [_json_text(_hpdv2_record(rng, imgs, fmt == "hpdv2_test")) if rng.random() > 0.02 else _DEEP
                  for _ in range(rows)]
@@ -283,7 +319,7 @@ def ingest_outcome(path, fmt: str, out, image_root) -> dict:
     from curate.runner import run_stage
 
     stage = IngestStage(files=[str(path)], format=fmt, shard_rows=int(np.random.default_rng(len(str(path))).integers(7, 60)),
-                        image_root=None if fmt == "hpdv2" else str(image_root))
+                        image_root=None if fmt in ("hpdv2", "hpdv3") else str(image_root))
     try:
         report = run_stage(stage, out)
     except SourceError as exc:

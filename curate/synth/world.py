@@ -22,7 +22,8 @@ from curate.synth import pool as pl
 from curate.synth import scene as sc
 from curate.synth import truth as tr
 
-FORMATS = ("pickapic", "hpdv2", "multivote", "table")
+FORMATS = ("pickapic", "hpdv2", "multivote", "table", "votes", "hpdv2_pref", "hpdv3")
+DEFAULT_FORMATS = FORMATS[:4]
 Progress = Callable[[str, int, int], None]  # (task, done, total)
 
 
@@ -35,7 +36,7 @@ class WorldConfig:
     seed: int = 0
     minority_rate: float = 0.2
     image_size: int = 64
-    formats: tuple[str, ...] = FORMATS
+    formats: tuple[str, ...] = DEFAULT_FORMATS
     images: bool = True
     malformed: int = 0
     per_prompt: int = 4
@@ -68,7 +69,8 @@ class WorldConfig:
         """Good records per layout: Pick-a-Pic rows, HPDv2 train records (one pair each) and test
         records (a ranking of per_prompt images by 3 annotators), multi-vote rows, table rows."""
         tenth = max(20, self.pairs // 10)
-        return {"pickapic": self.pairs, "hpdv2_train": tenth, "hpdv2_test": max(10, self.pairs // 50), "multivote": tenth, "table": tenth}
+        return {"pickapic": self.pairs, "hpdv2_train": tenth, "hpdv2_test": max(10, self.pairs // 50), "multivote": tenth,
+                "table": tenth, "votes": tenth, "hpdv2_pref": tenth, "hpdv3": tenth}
 
 
 class ImageStore:
@@ -174,13 +176,15 @@ def make_world(out: Path, config: WorldConfig, progress: Progress | None = None)
 
 def build_world(out: str | Path, config: WorldConfig = WorldConfig(), progress: Progress | None = None) -> dict:
     """Write the world under ``out`` and return the summary also saved as OUT/world.json."""
-    from curate.synth import hpdv2, writers
+    from curate.synth import hpdv2, votes, writers
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "world.json").unlink(missing_ok=True)  # written last: its absence marks an unfinished world
     world = make_world(out, config, progress)
-    layouts = {"pickapic": writers.write_pickapic, "hpdv2": hpdv2.write_hpdv2, "multivote": writers.write_multivote, "table": writers.write_table}
+    layouts = {"pickapic": writers.write_pickapic, "hpdv2": hpdv2.write_hpdv2, "multivote": writers.write_multivote,
+               "table": writers.write_table, "votes": votes.write_votes, "hpdv2_pref": votes.write_hpdv2_pref,
+               "hpdv3": votes.write_hpdv3}
     for name in config.formats:
         layouts[name](world)
     used = np.array(sorted(world.store.used), dtype=np.int64)

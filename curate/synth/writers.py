@@ -155,7 +155,7 @@ def write_pickapic(world) -> None:
 
 
 # ---------------------------------------------------------------- multi-vote
-def _votes(world, rng, a, b):
+def vote_panels(world, rng, a, b):
     """Per row: 8-12 distinct voters' choices (no ties in a vote); returns voters and choices lists."""
     n_votes = rng.integers(8, 13, len(a))
     drawn = an.sample_annotators(rng, world.population, len(a) * 16).reshape(len(a), 16)
@@ -166,17 +166,33 @@ def _votes(world, rng, a, b):
     return voters, np.split(choices, np.cumsum(lengths)[:-1]), flat
 
 
+def _detailed_results(world, voters, choices, a, b) -> np.ndarray:
+    """Rapidata's per-answer records (see curate.ingest.rapidata): votedFor is the chosen image's file
+    name, userDetails its voter's country, language and userScore; like the real sets, no voter id."""
+    from curate.synth.votes import voter_trust
+
+    rng, trust = world.rng("multivote-details"), voter_trust(world)
+    countries = np.array(["DE", "IN", "BR", "US", "NG", "JP", "EG", "BY"], dtype=object)
+    languages = {"DE": "de", "IN": "hi", "BR": "pt", "US": "en", "NG": "en", "JP": "ja", "EG": "ar", "BY": "ru"}
+    details = []
+    for vs, cs, i, j in zip(voters, choices, a.tolist(), b.tolist()):
+        where = countries[rng.integers(0, len(countries), len(vs))]
+        details.append(json.dumps([{"votedFor": world.store.file_name(i if c == an.A else j),
+                                    "userDetails": {"country": w, "language": languages[w], "userScore": trust[v]}}
+                                   for v, c, w in zip(vs, cs.tolist(), where.tolist())]))
+    return np.array(details, dtype=object)
+
+
 def write_multivote(world) -> None:
-    """OUT/multivote/train.parquet (source "table:train.parquet"); its truth label is the vote winner
-    (tie on equal votes), annotator_type "crowd"; the voters are in detailed_results by user_hash."""
+    """OUT/multivote/train.parquet in Rapidata's layout. Read as a table (source "table:train.parquet")
+    its truth label is the vote winner (tie on equal votes), annotator_type "crowd"; read with
+    --format rapidata every vote is a pair (source "rapidata:train.parquet", voters without ids)."""
     n_good = world.config.layout_sizes()["multivote"]
     rng, planted, a, b, _, _, good = _judgements(world, "multivote", n_good, mf.KINDS["multivote"])
-    voters, choices, flat = _votes(world, rng, a, b)
-    hashes = world.population.user_hash
+    voters, choices, flat = vote_panels(world, rng, a, b)
     votes1 = np.array([int((c == an.A).sum()) for c in choices], dtype=object)
     votes2 = np.array([len(c) - v for c, v in zip(choices, votes1)], dtype=object)
-    details = np.array([json.dumps([{"voter": hashes[v], "votedFor": "image1" if c == an.A else "image2"} for v, c in zip(vs, cs.tolist())])
-                        for vs, cs in zip(voters, choices)], dtype=object)
+    details = _detailed_results(world, voters, choices, a, b)
     prompts = world.pool.prompts[world.pool.prompt_of(a)].copy()
     world.store.ensure(np.concatenate([a, b]), world.progress)
     image1 = [{"bytes": world.store.bytes(i), "path": world.store.file_name(i)} for i in a.tolist()]
