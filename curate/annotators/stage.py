@@ -25,7 +25,7 @@ from curate.runner import Finalized, ShardContext, Stage
 
 RHO_RMS = 3.75  # the authors' rho = 15 with an L2 norm over a batch of 16, in batch-size-free RMS form
 JUDGEMENT_KEYS = ("key_a", "key_b", "sign", "who", "group", "lo_wins", "hi_wins", "tied", "multi")
-PERSON_KEYS = ("annotator_id", "who", "judgements", "ties", "chose_a")
+PERSON_KEYS = ("annotator_id", "who", "judgements", "ties", "chose_a", "trust_sum", "trust_count")
 
 
 @dataclass
@@ -65,9 +65,7 @@ class AnnotatorsStage(Stage):
         return [ConsensusStage()]
 
     def process(self, spec: dict, ctx: ShardContext):
-        import polars as pl
-
-        pairs = pl.read_ipc(spec["pairs"], columns=sig.PAIR_COLUMNS)
+        pairs = sig.read_judgements(spec["pairs"])
         keyed = sig.with_keys(pairs)
         ctx.partial = {**sig.judgement_columns(pairs, keyed),
                        **{f"person_{k}": v for k, v in sig.person_columns(pairs).items()},
@@ -82,7 +80,7 @@ class AnnotatorsStage(Stage):
         people = tables.merge_people([{k: p[f"person_{k}"] for k in PERSON_KEYS} for p in parts])
         raw = np.concatenate([p["scorer_margins"] for p in parts], axis=1).astype(float)
         scorers = scorer_names(dataset)
-        fit = fit_crowd(self, cols, raw, scorers, people["who"])
+        fit = fit_crowd(self, cols, raw, scorers, people)
         evidence = fit.evidence
         agreed = tables.person_agreement(people, cols["who"], evidence)
         out = {"annotators": [tables.annotators_table(self, people, agreed, fit)],
@@ -128,12 +126,14 @@ class CrowdFit:
     stability: object = None
 
 
-def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list[str], known: np.ndarray) -> CrowdFit:
+def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list[str], people: dict) -> CrowdFit:
     """Vote groups, the taste model (when Bradley-Terry is on), scorer scales and slope, signal scales.
 
-    ``known`` are the hashes of people with an annotator id; a judgement without one gets the
-    memberships of a person nobody knows (the people share), as the consensus stage gives it.
+    ``people`` are those with an annotator id (``who`` their hashes, ``trust`` their trust scores);
+    a judgement without one gets the memberships of a person nobody knows (the people share), as
+    the consensus stage gives it.
     """
+    known = people["who"]
     groups = vote_groups(cols)
     who, person = np.unique(cols["who"], return_inverse=True)
     decided = cols["sign"] != 0
@@ -144,7 +144,7 @@ def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list
                              groups, (), np.zeros(0), slope)
     resp, taste, data, stability = np.ones((len(who), 1)), None, None, None
     if stage.bradley_terry and len(keys) >= 2:
-        data = judgements(cols, keys, person, len(who))
+        data = judgements(cols, keys, person, len(who))._replace(trust=person_trust(who, people))
         model, resp, taste, stability = fit_taste_model(stage, data, model._replace(image_keys=keys))
     judgement_resp = np.where(np.isin(who, known)[:, None], resp, model.share[None, :])[person]
     evidence = crowd.judgement_evidence(model, cols, judgement_resp, raw)
@@ -171,6 +171,16 @@ def fit_taste_model(stage: AnnotatorsStage, data: tm.Judgements, model: crowd.Cr
                            share=as_stored(taste.share))
     stability = bootstrap_stability(data, own, stage) if stage.bootstrap > 0 else None
     return model, resp, taste, stability
+
+
+def person_trust(who: np.ndarray, people: dict) -> np.ndarray | None:
+    """Each person's trust score in ``who``'s order (NaN unknown); None when nobody has one."""
+    if not np.isfinite(people["trust"]).any():
+        return None
+    pos, found = sig.positions(who, people["who"])
+    trust = np.full(len(who), np.nan)
+    trust[pos[found]] = people["trust"][found]
+    return trust
 
 
 def vote_groups(cols: dict) -> sig.VoteGroups:
