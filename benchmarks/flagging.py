@@ -3,6 +3,7 @@
     python benchmarks/flagging.py                                 # labels only, 3 rates x 3 worlds x 3 seeds
     python benchmarks/flagging.py --pairs 2000 --seeds 1 --rates 0.2 --worlds repeats
     python benchmarks/flagging.py --scorers                       # also 20% with the domain CLIP scorer
+    python benchmarks/flagging.py --world-scorer --only-scorers   # 20% with the world scorer (an upper bound)
 
 Worlds (curate.synth, metadata-only Pick-a-Pic unless scorers are on):
 - ``repeats``: 4 images per prompt, so many image pairs are judged several times;
@@ -48,13 +49,13 @@ def auroc(score: np.ndarray, truth: np.ndarray) -> float:
     return float((ranks[truth].sum() - pos * (pos + 1) / 2) / (pos * (len(truth) - pos)))
 
 
-def build(root: Path, pairs: int, rate: float, seed: int, world: str, scorers: bool) -> Path:
+def build(root: Path, pairs: int, rate: float, seed: int, world: str, scorers: str | None) -> Path:
     from curate.ingest.stage import IngestStage
     from curate.runner import run_stage
     from curate.synth.world import WorldConfig, build_world
 
     shutil.rmtree(root, ignore_errors=True)
-    build_world(root, WorldConfig(pairs=pairs, seed=seed, minority_rate=rate, formats=("pickapic",), images=scorers,
+    build_world(root, WorldConfig(pairs=pairs, seed=seed, minority_rate=rate, formats=("pickapic",), images=scorers is not None,
                                   **WORLDS[world]))
     ds = root / "ds"
     run_stage(IngestStage(files=[str(p) for p in sorted((root / "pickapic").glob("*.parquet"))], format="pickapic"), ds)
@@ -63,7 +64,8 @@ def build(root: Path, pairs: int, rate: float, seed: int, world: str, scorers: b
 
         from curate.cli import app
 
-        result = CliRunner().invoke(app, ["embed", str(ds), "--model", "domain"])
+        command = ["embed", str(ds), "--model", "domain"] if scorers == "clip" else ["scores", "compute", str(ds), "--scorer", scorers]
+        result = CliRunner().invoke(app, command)
         assert result.exit_code == 0, result.output
     return ds
 
@@ -181,11 +183,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="Seeds 1..N per world and rate.")
     parser.add_argument("--worlds", nargs="+", default=list(WORLDS), choices=list(WORLDS))
     parser.add_argument("--scorers", action="store_true", help="Also 20%% minority with the domain CLIP scorer (renders images).")
+    parser.add_argument("--world-scorer", action="store_true",
+                        help="Also 20%% minority with the `world` scorer (the world's reward read off the pixels: an upper bound).")
+    parser.add_argument("--only-scorers", action="store_true", help="Skip the labels-only worlds.")
     parser.add_argument("--work", type=Path, default=Path("/tmp/prefcurate-bench-flagging"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "flagging.jsonl")
     args = parser.parse_args()
-    runs = [(w, r, s, False) for w in args.worlds for r in args.rates for s in range(1, args.seeds + 1)]
-    runs += [("repeats+scorers", 0.2, s, True) for s in range(1, args.seeds + 1)] if args.scorers else []
+    runs = [] if args.only_scorers else [(w, r, s, None) for w in args.worlds for r in args.rates for s in range(1, args.seeds + 1)]
+    runs += [("repeats+scorers", 0.2, s, "clip") for s in range(1, args.seeds + 1)] if args.scorers else []
+    runs += [("repeats+world", 0.2, s, "world") for s in range(1, args.seeds + 1)] if args.world_scorer else []
     rows = []
     for world, rate, seed, scorers in runs:
         root = args.work / f"{world}-{rate}-{seed}"

@@ -23,6 +23,7 @@ from curate.annotators import tastes as tm
 from curate.dataset import Dataset
 from curate.runner import Finalized, ShardContext, Stage
 
+SCORER_REFIT_NEWTON = 50  # Newton steps of the majority's refit with the scorers, warm-started from EM
 RHO_RMS = 3.75  # the authors' rho = 15 with an L2 norm over a batch of 16, in batch-size-free RMS form
 JUDGEMENT_KEYS = ("key_a", "key_b", "sign", "who", "group", "lo_wins", "hi_wins", "tied", "multi")
 PERSON_KEYS = ("annotator_id", "who", "judgements", "ties", "chose_a", "trust_sum", "trust_count")
@@ -145,7 +146,8 @@ def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list
     resp, taste, data, stability = np.ones((len(who), 1)), None, None, None
     if stage.bradley_terry and len(keys) >= 2:
         data = judgements(cols, keys, person, len(who))._replace(trust=person_trust(who, people))
-        model, resp, taste, stability = fit_taste_model(stage, data, model._replace(image_keys=keys))
+        scored = np.where(decided, crowd.scorer_agreement(raw, scorer_rms, slope), np.nan)[decided]
+        model, resp, taste, stability = fit_taste_model(stage, data, model._replace(image_keys=keys), scored)
     judgement_resp = np.where(np.isin(who, known)[:, None], resp, model.share[None, :])[person]
     evidence = crowd.judgement_evidence(model, cols, judgement_resp, raw)
     names = [f"scorer:{s}" for s in scorers] + (["bradley_terry"] if taste is not None else [])
@@ -157,14 +159,24 @@ def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list
     return CrowdFit(model, who, resp, judgement_resp, taste, data, evidence, stability)
 
 
-def fit_taste_model(stage: AnnotatorsStage, data: tm.Judgements, model: crowd.CrowdModel):
+def fit_taste_model(stage: AnnotatorsStage, data: tm.Judgements, model: crowd.CrowdModel, scored: np.ndarray):
     """EM over people, then the model as its tables will hold it (float32): strengths, curvatures,
-    the majority, alpha and the people share; with the per-person memberships and the bootstrap."""
+    the majority, alpha and the people share; with the per-person memberships and the bootstrap.
+
+    Where scorers are there (``scored``: their calibrated P(labelled winner wins), NaN without),
+    the majority taste is refitted with them as one more annotator (``tastes.with_scorer_votes``),
+    so its margins carry the scorers' evidence (measured better than adding it to the margins
+    afterwards: benchmarks/flagging.py, BENCHMARKS.md)."""
     taste = tm.fit_tastes_sampled(data, stage.em_sample, ridge=stage.ridge, max_tastes=stage.max_tastes,
                                   iterations=stage.em_iterations)
     as_stored = lambda x: x.astype(np.float32).astype(float)  # noqa: E731
-    resp, theta, k = as_stored(taste.resp), as_stored(taste.theta), taste.majority
-    h = as_stored(np.stack([tm.curvature(t, data, resp[data.person, c], stage.ridge) for c, t in enumerate(theta)]))
+    resp, theta, k = as_stored(taste.resp), taste.theta.copy(), taste.majority
+    fits = [(data, resp[data.person, c]) for c in range(len(theta))]
+    if not np.isnan(scored).all():
+        fits[k] = tm.with_scorer_votes(data, resp[data.person, k], scored)
+        theta[k] = tm.fit_component(*fits[k], stage.ridge, theta[k], SCORER_REFIT_NEWTON)
+    theta = as_stored(theta)
+    h = as_stored(np.stack([tm.curvature(t, rows, w, stage.ridge) for t, (rows, w) in zip(theta, fits)]))
     own = resp[data.person, k]
     margins = tm.leave_one_out_margin(theta[k][data.winner] - theta[k][data.loser], own, h[k][data.winner], h[k][data.loser])
     model = model._replace(theta=theta, curvature=h, majority=k, alpha=tm.majority_accuracy(margins, own),

@@ -219,6 +219,24 @@ def fit_tastes_sampled(data: Judgements, sample: int, ridge: float = 1.0, newton
     return TasteModel(theta, resp, share, int(np.argmax(share[:-1])), log_lik, model.iterations + 1)
 
 
+def with_scorer_votes(data: Judgements, weight: np.ndarray, agreement: np.ndarray) -> tuple[Judgements, np.ndarray]:
+    """The judgements plus the scorers as one more annotator of the majority taste: one soft
+    judgement of each distinct compared image pair, with the pair's weights appended.
+
+    ``agreement`` (per judgement, NaN without scores) is P(labelled winner wins) by the calibrated
+    scorers; the pair's first scored judgement stands for it: (winner, loser) with weight q and
+    (loser, winner) with weight 1 - q. E.g. q = 0.8 on "0 beat 1": 0 over 1 weighs 0.8, 1 over 0 0.2.
+    """
+    scored = np.flatnonzero(~np.isnan(agreement))
+    lo, hi = np.minimum(data.winner[scored], data.loser[scored]), np.maximum(data.winner[scored], data.loser[scored])
+    _, first = np.unique(lo.astype(np.int64) * data.n_items + hi, return_index=True)
+    rows = scored[first]
+    w, l, q = data.winner[rows], data.loser[rows], agreement[rows]
+    votes = data._replace(winner=np.concatenate([data.winner, w, l]), loser=np.concatenate([data.loser, l, w]),
+                          person=np.concatenate([data.person, np.zeros(2 * len(rows), data.person.dtype)]))
+    return votes, np.concatenate([weight, q, 1.0 - q])
+
+
 def majority_accuracy(margin: np.ndarray, weight: np.ndarray) -> float:
     """How often a majority member's label follows the majority fit: weighted share of margins > 0
     (a margin of exactly 0 counts half), kept within [0.5, 0.99]."""
