@@ -137,6 +137,13 @@ def pandas_same_statistics(root: Path):
     return people, score >= 0.5
 
 
+def clear_outputs(root: Path) -> None:
+    """Remove every stage's outputs and run folder but the generated pairs and their `bench` manifest."""
+    runs = [p for p in (root / "runs").glob("*") if p.name != "bench"]
+    for path in (*runs, *(root / "tables" / t for t in OUTPUT_TABLES)):
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def measure(kind: str, root: Path, bradley_terry: bool = True) -> dict:
     done = subprocess.run([sys.executable, __file__, "--child", kind, str(root), str(int(bradley_terry))],
                           capture_output=True, text=True)
@@ -185,8 +192,7 @@ def main() -> None:
         generate(root, args.judgements, args.annotators)
         print(f"generated {args.judgements:,} judgements in {time.perf_counter() - started:.0f} s")
     for bt in (True,) if args.model_only else (True, False):
-        for sub in ("runs", *(f"tables/{t}" for t in OUTPUT_TABLES)):
-            shutil.rmtree(root / sub, ignore_errors=True)
+        clear_outputs(root)
         ours = measure("prefcurate", root, bt)
         total = sum(ours["times"].values())
         print(f"prefcurate annotators + flag ({'with the crowd model' if bt else 'without it'}): {total:.1f} s wall, "

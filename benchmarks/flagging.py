@@ -3,6 +3,7 @@
     python benchmarks/flagging.py                                 # labels only, 3 rates x 3 worlds x 3 seeds
     python benchmarks/flagging.py --pairs 2000 --seeds 1 --rates 0.2 --worlds repeats
     python benchmarks/flagging.py --scorers                       # also 20% with the domain CLIP scorer
+    python benchmarks/flagging.py --world-scorer --only-scorers   # 20% with the world scorer (an upper bound)
 
 Worlds (curate.synth, metadata-only Pick-a-Pic unless scorers are on):
 - ``repeats``: 4 images per prompt, so many image pairs are judged several times;
@@ -15,7 +16,9 @@ NoisyBradleyTerry (minority score = how much the fit prefers the loser). AUROC a
 minority labels overall, on singly and on multiply judged image pairs; and for annotator types,
 minority or random (positive) against majority annotators with >= 5 judgements: prefcurate's
 annotators.against_majority (the expected share of a person's labels against the majority taste)
-against Dawid-Skene's 1 - accuracy. Each figure is the mean over seeds
+against Dawid-Skene's 1 - accuracy, overall, for the "colour" minority alone against the majority,
+and by judgement-count bucket (5-9, 10-19, 20 and more), with the oracle that knows which labels
+truly reverse the majority's preference. Each figure is the mean over seeds
 with its spread (sample standard deviation). Results go to benchmarks/results/flagging.jsonl.
 """
 from __future__ import annotations
@@ -33,6 +36,7 @@ from scipy.stats import rankdata
 
 WORLDS = {"repeats": {}, "single": {"per_prompt": 16}, "heavy": {"heavy_user_share": 0.3}}
 MINORITY_TYPES = ("minority_colour", "minority_artsy", "random")
+JUDGEMENT_BUCKETS = ((5, 10), (10, 20), (20, 10**9))
 
 
 def auroc(score: np.ndarray, truth: np.ndarray) -> float:
@@ -45,13 +49,13 @@ def auroc(score: np.ndarray, truth: np.ndarray) -> float:
     return float((ranks[truth].sum() - pos * (pos + 1) / 2) / (pos * (len(truth) - pos)))
 
 
-def build(root: Path, pairs: int, rate: float, seed: int, world: str, scorers: bool) -> Path:
+def build(root: Path, pairs: int, rate: float, seed: int, world: str, scorers: str | None) -> Path:
     from curate.ingest.stage import IngestStage
     from curate.runner import run_stage
     from curate.synth.world import WorldConfig, build_world
 
     shutil.rmtree(root, ignore_errors=True)
-    build_world(root, WorldConfig(pairs=pairs, seed=seed, minority_rate=rate, formats=("pickapic",), images=scorers,
+    build_world(root, WorldConfig(pairs=pairs, seed=seed, minority_rate=rate, formats=("pickapic",), images=scorers is not None,
                                   **WORLDS[world]))
     ds = root / "ds"
     run_stage(IngestStage(files=[str(p) for p in sorted((root / "pickapic").glob("*.parquet"))], format="pickapic"), ds)
@@ -60,7 +64,8 @@ def build(root: Path, pairs: int, rate: float, seed: int, world: str, scorers: b
 
         from curate.cli import app
 
-        result = CliRunner().invoke(app, ["embed", str(ds), "--model", "domain"])
+        command = ["embed", str(ds), "--model", "domain"] if scorers == "clip" else ["scores", "compute", str(ds), "--scorer", scorers]
+        result = CliRunner().invoke(app, command)
         assert result.exit_code == 0, result.output
     return ds
 
@@ -132,21 +137,35 @@ def evaluate(root: Path, ds: Path) -> dict:
 
 
 def annotator_separation(root: Path, people: pl.DataFrame, accuracy: pd.Series) -> dict:
-    """AUROC of minority-or-random against majority annotators with >= 5 judgements."""
+    """AUROC of minority-or-random against majority annotators with >= 5 judgements, overall and by
+    judgement-count bucket; "oracle" ranks people by their share of labels that truly reverse the
+    majority's preference (what a method knowing the majority's taste exactly would see)."""
     types = pl.read_parquet(root / "truth" / "annotators.parquet").select("annotator_id", "type")
-    frame = people.join(types, on="annotator_id").filter((pl.col("judgements") >= 5) & (pl.col("type") != "position"))
+    truth = pl.read_parquet(root / "truth" / "pairs.parquet").filter(pl.col("label") != "tie")
+    reversal = truth.group_by("annotator_id").agg(oracle=pl.col("is_minority").mean())
+    frame = (people.join(types, on="annotator_id").join(reversal, on="annotator_id", how="left")
+             .filter((pl.col("judgements") >= 5) & (pl.col("type") != "position")))
     positive = frame["type"].is_in(MINORITY_TYPES).to_numpy()
-    ours = frame["against_majority"].cast(pl.Float64).fill_null(np.nan).to_numpy()
-    theirs = 1 - accuracy.reindex(frame["annotator_id"].to_numpy()).to_numpy().astype(float)
+    colour = frame["type"].is_in(["majority", "minority_colour"]).to_numpy()
+    scores = {"prefcurate": frame["against_majority"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
+              "Dawid-Skene": 1 - accuracy.reindex(frame["annotator_id"].to_numpy()).to_numpy().astype(float),
+              "oracle": frame["oracle"].cast(pl.Float64).fill_null(np.nan).to_numpy()}
+    count = frame["judgements"].to_numpy()
+    out = {}
+    for name, score in scores.items():
+        out[f"annotators/{name}"] = auroc(score, positive)
+        out[f"annotators_colour/{name}"] = auroc(score[colour], positive[colour])
+        for low, high in JUDGEMENT_BUCKETS:
+            inside = (count >= low) & (count < high)
+            out[f"annotators_{low}-{high if high < 10**9 else 'up'}/{name}"] = auroc(score[inside], positive[inside])
     heavy = frame.sort("judgements", descending=True).head(1)
-    return {"annotators/prefcurate": auroc(ours, positive), "annotators/Dawid-Skene": auroc(theirs, positive),
-            "heaviest_user": {"type": heavy["type"][0], "judgements": int(heavy["judgements"][0]),
-                              "taste_group": heavy["taste_group"][0]}}
+    return {**out, "heaviest_user": {"type": heavy["type"][0], "judgements": int(heavy["judgements"][0]),
+                                     "taste_group": heavy["taste_group"][0]}}
 
 
 def summarise(rows: list[dict]) -> None:
     frame = pd.DataFrame(rows)
-    metrics = [c for c in frame.columns if c.startswith(("auroc", "annotators/"))]
+    metrics = [c for c in frame.columns if c.startswith(("auroc", "annotators"))]
     for (world, rate), group in frame.groupby(["world", "rate"]):
         print(f"\n== {world}, {rate:.0%} minority requested ({group['minority'].mean():.1%} realised, "
               f"{group['repeated_share'].mean():.0%} of judgements on repeated image pairs), {len(group)} seeds ==")
@@ -164,11 +183,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="Seeds 1..N per world and rate.")
     parser.add_argument("--worlds", nargs="+", default=list(WORLDS), choices=list(WORLDS))
     parser.add_argument("--scorers", action="store_true", help="Also 20%% minority with the domain CLIP scorer (renders images).")
+    parser.add_argument("--world-scorer", action="store_true",
+                        help="Also 20%% minority with the `world` scorer (the world's reward read off the pixels: an upper bound).")
+    parser.add_argument("--only-scorers", action="store_true", help="Skip the labels-only worlds.")
     parser.add_argument("--work", type=Path, default=Path("/tmp/prefcurate-bench-flagging"))
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "flagging.jsonl")
     args = parser.parse_args()
-    runs = [(w, r, s, False) for w in args.worlds for r in args.rates for s in range(1, args.seeds + 1)]
-    runs += [("repeats+scorers", 0.2, s, True) for s in range(1, args.seeds + 1)] if args.scorers else []
+    runs = [] if args.only_scorers else [(w, r, s, None) for w in args.worlds for r in args.rates for s in range(1, args.seeds + 1)]
+    runs += [("repeats+scorers", 0.2, s, "clip") for s in range(1, args.seeds + 1)] if args.scorers else []
+    runs += [("repeats+world", 0.2, s, "world") for s in range(1, args.seeds + 1)] if args.world_scorer else []
     rows = []
     for world, rate, seed, scorers in runs:
         root = args.work / f"{world}-{rate}-{seed}"

@@ -121,3 +121,13 @@ def test_a_sampled_fit_finds_the_same_tastes():
     assert np.corrcoef(sampled.theta[sampled.majority], strengths)[0, 1] > 0.9
     same = tm.fit_tastes_sampled(data, sample=len(data.winner))
     np.testing.assert_array_equal(same.resp, whole.resp)  # at most `sample` judgements: fit_tastes itself
+
+
+def test_scorer_votes_by_hand():
+    # judgements 0>1, 1>0 (the same image pair), 2>1; the scorers say P(labelled winner wins) = 0.8, 0.2, NaN
+    data = tm.Judgements(np.array([0, 1, 2]), np.array([1, 0, 1]), np.array([0, 1, 1]), 3, 2)
+    votes, weight = tm.with_scorer_votes(data, np.ones(3), np.array([0.8, 0.2, np.nan]))
+    # one soft vote for the pair {0, 1} (its first scored judgement stands for it), none for {1, 2}
+    assert votes.winner.tolist() == [0, 1, 2, 0, 1] and votes.loser.tolist() == [1, 0, 1, 1, 0]
+    np.testing.assert_allclose(weight, [1, 1, 1, 0.8, 0.2])
+    assert len(votes.person) == 5 and votes.n_items == 3

@@ -4,8 +4,9 @@ consensus stage, which writes it shard by shard).
 
 For a judgement by a person with memberships r (taste components, random) of the taste model:
 - ``bt``: the majority component's margin winner - loser with the judgement's own pull removed;
-- ``agreement``: P(majority taste prefers the labelled winner) = sigmoid(bt + slope x scorers), or
-  other people's votes in log-odds where there is no taste model;
+- ``agreement``: P(majority taste prefers the labelled winner) = sigmoid(bt), the scorers being one
+  more annotator inside the majority's fit; without a taste model, other people's votes in log-odds
+  plus slope x the scorers' mean normalised margin;
 - ``minority``: the posterior that the majority taste prefers the other image given this label and
   who gave it (curate.annotators.tastes.minority_posterior).
 """
@@ -45,6 +46,13 @@ def mean_scorer_margin(raw: np.ndarray, rms: np.ndarray) -> np.ndarray:
     norm = raw / np.where(rms > 0, rms, 1.0)[:, None]
     counted = (~np.isnan(norm)).sum(axis=0)
     return np.where(counted > 0, np.nansum(norm, axis=0) / np.maximum(counted, 1), np.nan)
+
+
+def scorer_agreement(raw: np.ndarray, rms: np.ndarray, slope: float) -> np.ndarray:
+    """P(labelled winner wins) by the scorers, calibrated: sigmoid(slope x mean normalised margin);
+    NaN without a score or without a positive slope (scorers that do not predict people)."""
+    m = mean_scorer_margin(raw, rms)
+    return 1.0 / (1.0 + np.exp(-slope * m)) if slope > 0 else np.full(len(m), np.nan)
 
 
 def fit_slope(m: np.ndarray) -> float:
@@ -109,7 +117,8 @@ def judgement_evidence(model: CrowdModel, cols: dict[str, np.ndarray], resp: np.
     has_scores = usable & ~np.isnan(scorer_mean) & (model.scorer_slope > 0)
     logit = np.where(has_bt, np.nan_to_num(bt), 0.0)
     logit[has_votes] += np.log((votes["agree"][has_votes] + 1) / (votes["total"] - votes["agree"] + 1)[has_votes])
-    logit[has_scores] += model.scorer_slope * scorer_mean[has_scores]
+    added = has_scores & ~has_bt  # with a taste model the scorers are already inside bt (one more annotator)
+    logit[added] += model.scorer_slope * scorer_mean[added]
     code = has_votes * 1 + has_scores * 2 + has_bt * 4
     agreement = np.where(code > 0, 1.0 / (1.0 + np.exp(-logit)), np.nan)
     minority = np.full(len(usable), np.nan)

@@ -12,7 +12,23 @@ from typing import NamedTuple
 import numpy as np
 import polars as pl
 
+from curate.dataset import DatasetError
+
 PAIR_COLUMNS = ["pair_id", "prompt_id", "image_a_id", "image_b_id", "label", "annotator_id", "votes_a", "votes_b"]
+TRUST = "annotator_trust"  # a voter trust score in [0, 1]; only some per-vote datasets carry the column
+
+
+def read_judgements(path: str) -> pl.DataFrame:
+    """A pairs shard's PAIR_COLUMNS, plus ``annotator_trust`` where the shard has that column
+    (checked to lie in [0, 1], null meaning unknown)."""
+    columns = PAIR_COLUMNS + ([TRUST] if TRUST in pl.read_ipc_schema(path) else [])
+    pairs = pl.read_ipc(path, columns=columns)
+    if TRUST in pairs.columns:
+        outside = pairs.filter(~pl.col(TRUST).is_between(0.0, 1.0) | pl.col(TRUST).is_nan())
+        if outside.height:
+            raise DatasetError(f"{path}: {TRUST} {outside[TRUST][0]} (pair {outside['pair_id'][0]}) is outside [0, 1] in "
+                               f"{outside.height} row(s); rescale the trust scores to [0, 1] (or leave them null) and ingest again")
+    return pairs
 
 
 def with_keys(pairs: pl.DataFrame) -> pl.DataFrame:
@@ -37,11 +53,14 @@ def with_keys(pairs: pl.DataFrame) -> pl.DataFrame:
 
 
 def annotator_counts(pairs: pl.DataFrame) -> pl.DataFrame:
-    """Per annotator: judgements, ties, and non-tie judgements won by the first image (partial sums)."""
+    """Per annotator: judgements, ties, non-tie judgements won by the first image, and the sum and
+    count of their trust scores (0 without the column) (partial sums)."""
+    trust = pl.col(TRUST) if TRUST in pairs.columns else pl.lit(None, dtype=pl.Float64)
     return (pairs.filter(pl.col("annotator_id").is_not_null())
             .group_by("annotator_id")
             .agg(judgements=pl.len().cast(pl.Int64), ties=(pl.col("label") == "tie").sum().cast(pl.Int64),
-                 chose_a=(pl.col("label") == "a").sum().cast(pl.Int64)))
+                 chose_a=(pl.col("label") == "a").sum().cast(pl.Int64),
+                 trust_sum=trust.sum().cast(pl.Float64), trust_count=trust.count().cast(pl.Int64)))
 
 
 def judgement_columns(pairs: pl.DataFrame, keyed: pl.DataFrame) -> dict[str, np.ndarray]:
@@ -62,7 +81,7 @@ def person_columns(pairs: pl.DataFrame) -> dict[str, np.ndarray]:
     """Per annotator in a shard: id (fixed-width string), its hash (as in judgement_columns), counts."""
     counts = annotator_counts(pairs).with_columns(who=pl.col("annotator_id").hash(seed=11))
     return {"annotator_id": np.array(counts["annotator_id"].to_list(), dtype=str), "who": counts["who"].to_numpy(),
-            **{c: counts[c].to_numpy() for c in ("judgements", "ties", "chose_a")}}
+            **{c: counts[c].to_numpy() for c in ("judgements", "ties", "chose_a", "trust_sum", "trust_count")}}
 
 
 class VoteGroups(NamedTuple):

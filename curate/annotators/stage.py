@@ -23,9 +23,10 @@ from curate.annotators import tastes as tm
 from curate.dataset import Dataset
 from curate.runner import Finalized, ShardContext, Stage
 
+SCORER_REFIT_NEWTON = 50  # Newton steps of the majority's refit with the scorers, warm-started from EM
 RHO_RMS = 3.75  # the authors' rho = 15 with an L2 norm over a batch of 16, in batch-size-free RMS form
 JUDGEMENT_KEYS = ("key_a", "key_b", "sign", "who", "group", "lo_wins", "hi_wins", "tied", "multi")
-PERSON_KEYS = ("annotator_id", "who", "judgements", "ties", "chose_a")
+PERSON_KEYS = ("annotator_id", "who", "judgements", "ties", "chose_a", "trust_sum", "trust_count")
 
 
 @dataclass
@@ -65,9 +66,7 @@ class AnnotatorsStage(Stage):
         return [ConsensusStage()]
 
     def process(self, spec: dict, ctx: ShardContext):
-        import polars as pl
-
-        pairs = pl.read_ipc(spec["pairs"], columns=sig.PAIR_COLUMNS)
+        pairs = sig.read_judgements(spec["pairs"])
         keyed = sig.with_keys(pairs)
         ctx.partial = {**sig.judgement_columns(pairs, keyed),
                        **{f"person_{k}": v for k, v in sig.person_columns(pairs).items()},
@@ -82,7 +81,7 @@ class AnnotatorsStage(Stage):
         people = tables.merge_people([{k: p[f"person_{k}"] for k in PERSON_KEYS} for p in parts])
         raw = np.concatenate([p["scorer_margins"] for p in parts], axis=1).astype(float)
         scorers = scorer_names(dataset)
-        fit = fit_crowd(self, cols, raw, scorers, people["who"])
+        fit = fit_crowd(self, cols, raw, scorers, people)
         evidence = fit.evidence
         agreed = tables.person_agreement(people, cols["who"], evidence)
         out = {"annotators": [tables.annotators_table(self, people, agreed, fit)],
@@ -128,12 +127,14 @@ class CrowdFit:
     stability: object = None
 
 
-def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list[str], known: np.ndarray) -> CrowdFit:
+def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list[str], people: dict) -> CrowdFit:
     """Vote groups, the taste model (when Bradley-Terry is on), scorer scales and slope, signal scales.
 
-    ``known`` are the hashes of people with an annotator id; a judgement without one gets the
-    memberships of a person nobody knows (the people share), as the consensus stage gives it.
+    ``people`` are those with an annotator id (``who`` their hashes, ``trust`` their trust scores);
+    a judgement without one gets the memberships of a person nobody knows (the people share), as
+    the consensus stage gives it.
     """
+    known = people["who"]
     groups = vote_groups(cols)
     who, person = np.unique(cols["who"], return_inverse=True)
     decided = cols["sign"] != 0
@@ -144,8 +145,9 @@ def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list
                              groups, (), np.zeros(0), slope)
     resp, taste, data, stability = np.ones((len(who), 1)), None, None, None
     if stage.bradley_terry and len(keys) >= 2:
-        data = judgements(cols, keys, person, len(who))
-        model, resp, taste, stability = fit_taste_model(stage, data, model._replace(image_keys=keys))
+        data = judgements(cols, keys, person, len(who))._replace(trust=person_trust(who, people))
+        scored = np.where(decided, crowd.scorer_agreement(raw, scorer_rms, slope), np.nan)[decided]
+        model, resp, taste, stability = fit_taste_model(stage, data, model._replace(image_keys=keys), scored)
     judgement_resp = np.where(np.isin(who, known)[:, None], resp, model.share[None, :])[person]
     evidence = crowd.judgement_evidence(model, cols, judgement_resp, raw)
     names = [f"scorer:{s}" for s in scorers] + (["bradley_terry"] if taste is not None else [])
@@ -157,20 +159,40 @@ def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list
     return CrowdFit(model, who, resp, judgement_resp, taste, data, evidence, stability)
 
 
-def fit_taste_model(stage: AnnotatorsStage, data: tm.Judgements, model: crowd.CrowdModel):
+def fit_taste_model(stage: AnnotatorsStage, data: tm.Judgements, model: crowd.CrowdModel, scored: np.ndarray):
     """EM over people, then the model as its tables will hold it (float32): strengths, curvatures,
-    the majority, alpha and the people share; with the per-person memberships and the bootstrap."""
+    the majority, alpha and the people share; with the per-person memberships and the bootstrap.
+
+    Where scorers are there (``scored``: their calibrated P(labelled winner wins), NaN without),
+    the majority taste is refitted with them as one more annotator (``tastes.with_scorer_votes``),
+    so its margins carry the scorers' evidence (measured better than adding it to the margins
+    afterwards: benchmarks/flagging.py, BENCHMARKS.md)."""
     taste = tm.fit_tastes_sampled(data, stage.em_sample, ridge=stage.ridge, max_tastes=stage.max_tastes,
                                   iterations=stage.em_iterations)
     as_stored = lambda x: x.astype(np.float32).astype(float)  # noqa: E731
-    resp, theta, k = as_stored(taste.resp), as_stored(taste.theta), taste.majority
-    h = as_stored(np.stack([tm.curvature(t, data, resp[data.person, c], stage.ridge) for c, t in enumerate(theta)]))
+    resp, theta, k = as_stored(taste.resp), taste.theta.copy(), taste.majority
+    fits = [(data, resp[data.person, c]) for c in range(len(theta))]
+    if not np.isnan(scored).all():
+        fits[k] = tm.with_scorer_votes(data, resp[data.person, k], scored)
+        theta[k] = tm.fit_component(*fits[k], stage.ridge, theta[k], SCORER_REFIT_NEWTON)
+    theta = as_stored(theta)
+    h = as_stored(np.stack([tm.curvature(t, rows, w, stage.ridge) for t, (rows, w) in zip(theta, fits)]))
     own = resp[data.person, k]
     margins = tm.leave_one_out_margin(theta[k][data.winner] - theta[k][data.loser], own, h[k][data.winner], h[k][data.loser])
     model = model._replace(theta=theta, curvature=h, majority=k, alpha=tm.majority_accuracy(margins, own),
                            share=as_stored(taste.share))
     stability = bootstrap_stability(data, own, stage) if stage.bootstrap > 0 else None
     return model, resp, taste, stability
+
+
+def person_trust(who: np.ndarray, people: dict) -> np.ndarray | None:
+    """Each person's trust score in ``who``'s order (NaN unknown); None when nobody has one."""
+    if not np.isfinite(people["trust"]).any():
+        return None
+    pos, found = sig.positions(who, people["who"])
+    trust = np.full(len(who), np.nan)
+    trust[pos[found]] = people["trust"][found]
+    return trust
 
 
 def vote_groups(cols: dict) -> sig.VoteGroups:

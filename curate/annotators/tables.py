@@ -22,13 +22,17 @@ def _list_column(matrix: np.ndarray) -> pa.Array:
 
 
 def merge_people(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Per-annotator counts summed over shards, sorted by annotator id."""
+    """Per-annotator counts summed over shards, sorted by annotator id; ``trust`` the mean of each
+    one's trust scores (NaN without any)."""
     ids = np.concatenate([p["annotator_id"] for p in parts]) if parts else np.zeros(0, str)
     who = np.concatenate([p["who"] for p in parts]) if parts else np.zeros(0, np.uint64)
     unique, first, index = np.unique(ids, return_index=True, return_inverse=True)
     out = {"annotator_id": unique, "who": who[first]}
+    total = lambda c: np.bincount(index, np.concatenate([p[c] for p in parts]) if parts else None, len(unique))  # noqa: E731
     for c in ("judgements", "ties", "chose_a"):
-        out[c] = np.bincount(index, np.concatenate([p[c] for p in parts]), len(unique)).astype(np.int64)
+        out[c] = total(c).astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out["trust"] = np.where(total("trust_count") > 0, total("trust_sum") / total("trust_count"), np.nan)
     return out
 
 

@@ -28,13 +28,15 @@ M_STEP_NEWTON = 3  # Newton steps per M-step, warm-started
 
 
 class Judgements(NamedTuple):
-    """Non-tie judgements: ``winner`` beat ``loser`` (item indices), by ``person`` (person indices)."""
+    """Non-tie judgements: ``winner`` beat ``loser`` (item indices), by ``person`` (person indices);
+    ``trust`` (per person, in [0, 1], NaN unknown) is a voter trust score the dataset carries, if any."""
 
     winner: np.ndarray
     loser: np.ndarray
     person: np.ndarray
     n_items: int
     n_people: int
+    trust: np.ndarray | None = None
 
 
 class TasteModel(NamedTuple):
@@ -104,10 +106,25 @@ def judgement_log_likelihoods(theta: np.ndarray, resp: np.ndarray, data: Judgeme
     return out
 
 
+def membership_prior(share: np.ndarray, trust: np.ndarray | None) -> np.ndarray:
+    """Each person's prior over the components (people x K+1; (K+1,) without trust scores).
+
+    A trust score t in [0, 1] is read as the prior probability that the person judges by a taste
+    at all: random gets 1 - t, the tastes share t in the people's proportions; a person without
+    one (NaN) gets the people share. E.g. share (0.6, 0.2, 0.2), t = 0.9: (0.675, 0.225, 0.1).
+    """
+    if trust is None:
+        return share
+    tastes = share[:-1] / max(float(share[:-1].sum()), 1e-12)
+    trusted = np.concatenate([trust[:, None] * tastes[None, :], 1.0 - trust[:, None]], axis=1)
+    return np.where(np.isnan(trust)[:, None], share[None, :], trusted)
+
+
 def memberships(log_lik: np.ndarray, data: Judgements, share: np.ndarray) -> tuple[np.ndarray, float]:
-    """E-step: each person's posterior over components, and the total log-likelihood."""
+    """E-step: each person's posterior over components (prior: ``membership_prior``), and the
+    total log-likelihood."""
     per_person = np.stack([np.bincount(data.person, log_lik[:, k], data.n_people) for k in range(log_lik.shape[1])], axis=1)
-    log_post = per_person + np.log(np.maximum(share, 1e-12))
+    log_post = per_person + np.log(np.maximum(membership_prior(share, data.trust), 1e-12))
     top = log_post.max(axis=1, keepdims=True)
     norm = top[:, 0] + np.log(np.exp(log_post - top).sum(axis=1))
     return np.exp(log_post - norm[:, None]), float(norm.sum())
@@ -191,7 +208,7 @@ def fit_tastes_sampled(data: Judgements, sample: int, ridge: float = 1.0, newton
     if len(data.winner) <= sample:
         return fit_tastes(data, ridge=ridge, **options)
     keep = sample_people(data, sample)
-    model = fit_tastes(Judgements(data.winner[keep], data.loser[keep], data.person[keep], data.n_items, data.n_people),
+    model = fit_tastes(data._replace(winner=data.winner[keep], loser=data.loser[keep], person=data.person[keep]),
                        ridge=ridge, **options)
     theta, share = model.theta, model.share
     resp, _ = memberships(judgement_log_likelihoods(theta, model.resp, data, ridge), data, share)
@@ -200,6 +217,24 @@ def fit_tastes_sampled(data: Judgements, sample: int, ridge: float = 1.0, newton
     resp, log_lik = memberships(judgement_log_likelihoods(theta, resp, data, ridge), data, share)
     share = people_share(resp, data)
     return TasteModel(theta, resp, share, int(np.argmax(share[:-1])), log_lik, model.iterations + 1)
+
+
+def with_scorer_votes(data: Judgements, weight: np.ndarray, agreement: np.ndarray) -> tuple[Judgements, np.ndarray]:
+    """The judgements plus the scorers as one more annotator of the majority taste: one soft
+    judgement of each distinct compared image pair, with the pair's weights appended.
+
+    ``agreement`` (per judgement, NaN without scores) is P(labelled winner wins) by the calibrated
+    scorers; the pair's first scored judgement stands for it: (winner, loser) with weight q and
+    (loser, winner) with weight 1 - q. E.g. q = 0.8 on "0 beat 1": 0 over 1 weighs 0.8, 1 over 0 0.2.
+    """
+    scored = np.flatnonzero(~np.isnan(agreement))
+    lo, hi = np.minimum(data.winner[scored], data.loser[scored]), np.maximum(data.winner[scored], data.loser[scored])
+    _, first = np.unique(lo.astype(np.int64) * data.n_items + hi, return_index=True)
+    rows = scored[first]
+    w, l, q = data.winner[rows], data.loser[rows], agreement[rows]
+    votes = data._replace(winner=np.concatenate([data.winner, w, l]), loser=np.concatenate([data.loser, l, w]),
+                          person=np.concatenate([data.person, np.zeros(2 * len(rows), data.person.dtype)]))
+    return votes, np.concatenate([weight, q, 1.0 - q])
 
 
 def majority_accuracy(margin: np.ndarray, weight: np.ndarray) -> float:
