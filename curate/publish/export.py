@@ -266,7 +266,7 @@ def export_dataset(dataset_dir: str | Path, out: str | Path, options: ExportOpti
     import polars as pl
 
     from curate.publish.card import render_card
-    from curate.publish.images import ImageIndex
+    from curate.images import ImageIndex
 
     ds = Dataset(dataset_dir)
     ds.require("pairs", "run `prefcurate ingest` first")

@@ -273,7 +273,7 @@ def gallery_rows(ds: Dataset, limit: int = 12) -> list[dict] | None:
     """The most strongly flagged pairs (highest minority score first), with their images' bytes."""
     import polars as pl
 
-    from curate.publish.images import ImageIndex
+    from curate.images import ImageIndex
 
     if not ds.has("pair_scores"):
         return None
