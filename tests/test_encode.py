@@ -81,8 +81,8 @@ def test_encode_writes_keyed_tables_once_then_only_what_is_new(world):
 
 def test_encodings_match_the_vae_and_text_encoder_run_directly(world):
     from curate.ids import normalize_prompt
-    from curate.train.data import to_pixels
-    from curate.train.encode import decode_rgb, vae_latents
+    from curate.images import decode_image as decode_rgb
+    from curate.train.vae import to_pixels, vae_latents
     from curate.train.models import encode_prompts
 
     components = load_encoders(world["model"])

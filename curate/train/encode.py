@@ -23,7 +23,6 @@ Training reads these tables (curate.train.dataset_source) and never runs the VAE
 from __future__ import annotations
 
 import functools
-import io
 import json
 import math
 from collections.abc import Iterator
@@ -37,13 +36,13 @@ import pyarrow.ipc as ipc
 from curate import schema as schemas
 from curate.dataset import Dataset, read_shard
 from curate.ids import prompt_id
+from curate.options import Precision
 from curate.runner import ShardContext, Stage, committed_generation_files
 from curate.runner import generations as runner_generations
 
 TABLES = ("latents", "text_embeddings")
 # The trainer reads single rows at random; a compressed record batch is decompressed whole, so keep them small.
 ROWS_PER_BATCH = 16
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 class EncodeError(RuntimeError):
@@ -97,8 +96,11 @@ def cached_encoders(model: str, revision: str | None, device: str, precision: st
     from the fp32 weights before they are cast to ``precision``."""
     import torch
 
-    if precision not in PRECISIONS:
-        raise EncodeError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    try:
+        precision = Precision(precision).value
+    except ValueError:
+        raise EncodeError(f"unknown precision {precision!r}; expected one of "
+                          f"{', '.join(p.value for p in Precision)}") from None
     components = load_encoders(model, revision)
     key = encoder_key(components)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
@@ -289,7 +291,8 @@ class EncodeStage(Stage):
     def _images(self, components, spec: dict, ctx: ShardContext):
         import torch
 
-        from curate.train.data import crop_top_left, to_pixels
+        from curate.images import decode_image
+        from curate.train.vae import crop_top_left, to_pixels, vae_latents
 
         table = read_shard(Path(spec["shard"]), ["image_id", "bytes"]).take(spec["rows"])
         ids, blobs = table["image_id"].to_pylist(), table["bytes"]
@@ -298,7 +301,7 @@ class EncodeStage(Stage):
             samples = []
             for i in range(start, min(start + self.batch_size, len(ids))):
                 try:
-                    image = decode_rgb(blobs[i].as_py())
+                    image = decode_image(blobs[i].as_py())
                 except Exception:  # noqa: BLE001 (PIL raises many kinds; each is counted, none stops the run)
                     ctx.stats["images_undecodable"] += 1
                     continue
@@ -382,28 +385,6 @@ class EncodeStage(Stage):
 
 def _fixed(flat: np.ndarray, width: int) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(flat), width)
-
-
-def decode_rgb(data: bytes):
-    """The RGB image in ``data``, fully decoded (a truncated file fails here, not inside the transform)."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        return image.convert("RGB")
-
-
-def vae_latents(vae, pixels, device: str):
-    """(posterior mean - shift) * scaling factor, fp32 on the CPU. The mean, not a sample: one
-    deterministic latent per image keeps reruns and resumes exact."""
-    import torch
-
-    with torch.no_grad():
-        z = vae.encode(pixels.to(device, vae.dtype)).latent_dist.mean
-    shift = getattr(vae.config, "shift_factor", None)
-    if shift is not None:
-        z = z - shift
-    return (z * vae.config.scaling_factor).float().cpu()
 
 
 def check_finite(values, what: str, precision: str) -> None:
