@@ -133,9 +133,13 @@ def _record_written(dataset: Path, command: str, argv: list[str]) -> None:
 
 
 def print_funnel(dataset_dir: Path) -> None:
+    """The funnel as the report and the dataset card show it (curate.funnel)."""
     from curate.cli.common import print_counts
+    from curate.dataset import Dataset
     from curate.funnel import funnel
 
-    rows = funnel(dataset_dir)
-    if rows:
-        print_counts(f"funnel of {dataset_dir}", rows)
+    ds = Dataset(dataset_dir)
+    if ds.has("pairs"):
+        steps = funnel(ds)
+        print_counts(f"funnel of {dataset_dir}", [(label, n) for label, n, _ in steps.steps()])
+        typer.echo(f"{steps.ties:,} accepted pairs are ties.")
