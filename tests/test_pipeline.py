@@ -90,7 +90,7 @@ def test_pipeline_errors_name_the_fix(tmp_path):
 def test_a_stage_under_a_run_shares_its_executor_unless_it_sets_its_own():
     from curate.cli.common import PipelineRun, pipeline_run, stage_executor
     from curate.options import ExecutorName
-    from curate.runner import LocalExecutor
+    from curate.executors import LocalExecutor
 
     shared = LocalExecutor()
     with pipeline_run(PipelineRun(shared, ("local", None, 2))) as run:

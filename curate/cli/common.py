@@ -62,7 +62,7 @@ def stage_executor(executor: ExecutorName = ExecutorName.local, scheduler: str |
     if run is not None and run.settings == (executor.value, scheduler, workers):
         yield run.executor
         return
-    from curate.runner import make_executor
+    from curate.executors import make_executor
 
     with make_executor(executor.value, scheduler=scheduler, workers=workers) as ex:
         yield ex

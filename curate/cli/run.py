@@ -32,7 +32,7 @@ def run(
     from curate.cli import app
     from curate.cli.common import PipelineRun, pipeline_run
     from curate.pipeline import PipelineError, load
-    from curate.runner import make_executor
+    from curate.executors import make_executor
 
     overrides = {}
     for item in param or []:

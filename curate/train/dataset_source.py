@@ -34,7 +34,7 @@ from curate.dataset import Dataset
 from curate.ids import prompt_id
 from curate.options import Filtered, Minority, Missing
 from curate.train.data import PairBatch
-from curate.train.encode import committed_files
+from curate.train.encode_plan import committed_files
 from curate.train.sampler import PairSampler
 
 class DataSelectionError(ValueError):
