@@ -54,7 +54,7 @@ class PairBatchSource(Protocol):
 
     `dropped` counts the pairs that will never be trained, by reason (ties, missing encodings).
     `empty_prompt` is the empty prompt's (text_emb, pooled or None), for prompt dropout, or None.
-    The position is global (see position_state): a run resumes on any number of processes.
+    The position is global (see sampler.PairSampler): a run resumes on any number of processes.
     """
 
     dropped: Counter

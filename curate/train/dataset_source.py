@@ -34,7 +34,7 @@ from curate.dataset import Dataset
 from curate.ids import prompt_id
 from curate.options import Filtered, Minority, Missing
 from curate.train.data import PairBatch
-from curate.train.encode_plan import committed_files
+from curate.train.encode_plan import committed_files, read_columns
 from curate.train.sampler import PairSampler
 
 class DataSelectionError(ValueError):
@@ -146,12 +146,9 @@ def shard_index(ds: Dataset, files: tuple[str, ...], table: str, columns: list[s
     """Rows of ``columns`` of ``files`` with where each lives: file (position in ``files``), batch, row."""
     import polars as pl
 
-    names = schemas.load(table).names
-    options = ipc.IpcReadOptions(included_fields=[names.index(c) for c in columns])
     frames = []
     for i, f in enumerate(files):
-        with ipc.open_file(pa.memory_map(str(ds.root / f)), options=options) as reader:
-            data = reader.read_all()  # one chunk per record batch
+        data = read_columns(ds.root / f, table, columns)  # one chunk per record batch
         lengths = [len(c) for c in data.column(0).chunks]
         starts = np.repeat(np.cumsum([0] + lengths[:-1]), lengths)
         frames.append(pl.from_arrow(data).with_columns(
