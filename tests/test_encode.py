@@ -128,21 +128,6 @@ def test_train_cli_from_the_dataset_drops_by_reason_and_reads_u(world, tmp_path)
 
     refused = runner.invoke(app, args)  # the same output dir again, without --resume
     assert refused.exit_code == 2 and "pass --resume" in refused.output
-
-
-def test_a_python_caller_of_train_from_dataset_gets_data_json(world, tmp_path):
-    from curate.train.config import TrainConfig
-    from curate.train.from_dataset import train_from_dataset
-
-    cfg = TrainConfig(model=world["model"], output_dir=str(tmp_path / "run"), max_steps=1, batch_size=4, lora_rank=4,
-                      checkpoint_every=0, tensorboard=False, progress=False)
-    seen = []
-    result, source = train_from_dataset(world["ds"], cfg, Selection(filtered="keep"), on_selected=seen.append)
-    assert result.step == 1 and seen == [source]
-    data = json.loads((tmp_path / "run" / "data.json").read_text())
-    assert data["selection"]["filtered"] == "keep" and data["counts"]["trained"] == source.counts["trained"] > 0
-    with pytest.raises(ValueError, match="pass --resume"):
-        train_from_dataset(world["ds"], cfg)
     cli("sample", "--model", model, "--lora", str(run / "final"), "--out", str(tmp_path / "grid.png"),
         "-p", "a red cat", "-p", "a dog", "--steps", "2", "--size", "16")
     from PIL import Image
@@ -177,6 +162,21 @@ def test_missing_latents_are_an_error_naming_the_encode_command(world, tmp_path)
     (ds / "runs" / f"encode-{world['key'].replace(':', '-')}-g002" / "manifest.json").unlink()
     with pytest.raises(DataSelectionError, match="encoded without --flip.* --flip`, or train with --no-flip"):
         DatasetPairSource(ds, world["key"], 4, flip=True, selection=Selection(missing="drop"))
+
+
+def test_a_python_caller_of_train_from_dataset_gets_data_json(world, tmp_path):
+    from curate.train.config import TrainConfig
+    from curate.train.from_dataset import train_from_dataset
+
+    cfg = TrainConfig(model=world["model"], output_dir=str(tmp_path / "run"), max_steps=1, batch_size=4, lora_rank=4,
+                      checkpoint_every=0, tensorboard=False, progress=False)
+    seen = []
+    result, source = train_from_dataset(world["ds"], cfg, Selection(filtered="keep"), on_selected=seen.append)
+    assert result.step == 1 and seen == [source]
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert data["selection"]["filtered"] == "keep" and data["counts"]["trained"] == source.counts["trained"] > 0
+    with pytest.raises(ValueError, match="pass --resume"):
+        train_from_dataset(world["ds"], cfg)
 
 
 def test_source_resumes_at_the_exact_position_with_shared_flips(world):
