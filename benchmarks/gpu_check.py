@@ -325,7 +325,7 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 # ---------------------------------------------------------------- 2. encode
 def encoding(args, device: str, log) -> list[dict]:
-    from curate.train.encode import vae_latents
+    from curate.train.vae import vae_latents
     from curate.train.models import encode_prompts
 
     rows = []

@@ -1,8 +1,8 @@
 """Every choice prefcurate offers, defined once: the CLI, the stages and the trainer share these.
 
-Stdlib only, so importing it costs nothing. Used by `annotators`, `flag` and the options every
-command shares (curate/cli/common.py: executor, device, precision) and ingest's formats; the trainer's choices
-(curate/cli/train.py) are still to move here.
+Stdlib only, so importing it costs nothing. Used by `annotators`, `flag`, the options every
+command shares (curate/cli/common.py: executor, device, precision), and the trainer (`train`'s
+options and curate.train.config.TrainConfig, which stores these members).
 """
 from __future__ import annotations
 
@@ -59,6 +59,112 @@ class WeightSource(str, Enum):
 
     u = "u"
     minority_score = "minority_score"
+
+
+class TrainChoice(str, Enum):
+    """A trainer choice: str() and f-strings give the value ('dpo'), as in JSON and in messages."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Method(TrainChoice):
+    """dpo; adaptive-dpo (online EMA annotators); adaptive-offline (per-pair u from the data)."""
+
+    dpo = "dpo"
+    adaptive_dpo = "adaptive-dpo"
+    adaptive_offline = "adaptive-offline"
+
+
+class Loss(TrainChoice):
+    """The preference loss on h (curate.train.losses.LOSS_TYPES; a test keeps the two equal)."""
+
+    dpo = "dpo"
+    hinge = "hinge"
+    ipo = "ipo"
+    cdpo = "cdpo"
+    rdpo = "rdpo"
+
+
+class Finetune(TrainChoice):
+    """lora: the reference is the same UNet with adapters off; full: a frozen copy."""
+
+    lora = "lora"
+    full = "full"
+
+
+class MixedPrecision(TrainChoice):
+    """Autocast dtype of training (no: fp32)."""
+
+    no = "no"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class Attention(TrainChoice):
+    """sdpa: torch scaled_dot_product_attention; eager: plain matmuls."""
+
+    sdpa = "sdpa"
+    eager = "eager"
+
+
+class Compile(TrainChoice):
+    """torch.compile mode of the policy forward (no: eager)."""
+
+    no = "no"
+    default = "default"
+    reduce_overhead = "reduce-overhead"
+    max_autotune = "max-autotune"
+
+
+class LrScheduler(TrainChoice):
+    """diffusers.optimization.SchedulerType's values, spelled out so that the CLI lists them without
+    importing diffusers (a test keeps the two equal)."""
+
+    linear = "linear"
+    cosine = "cosine"
+    cosine_with_restarts = "cosine_with_restarts"
+    polynomial = "polynomial"
+    constant = "constant"
+    constant_with_warmup = "constant_with_warmup"
+    piecewise_constant = "piecewise_constant"
+
+
+class Normalize(TrainChoice):
+    """How Adaptive-DPO normalises h over the batch: l2 (the authors), rms (batch-size free), none."""
+
+    l2 = "l2"
+    rms = "rms"
+    none = "none"
+
+
+class MarginKind(TrainChoice):
+    """Adaptive-DPO's margin G = mean(sg h) - u^2 / beta (quadratic) or - u / beta (linear)."""
+
+    linear = "linear"
+    quadratic = "quadratic"
+
+
+class Filtered(TrainChoice):
+    """Pairs the filters table removed: drop them, or train them."""
+
+    drop = "drop"
+    keep = "keep"
+
+
+class Minority(TrainChoice):
+    """Pairs flagged in pair_scores: keep, drop, or weight (pair_scores.weight scales their loss)."""
+
+    keep = "keep"
+    drop = "drop"
+    weight = "weight"
+
+
+class Missing(TrainChoice):
+    """Pairs without latents or text embeddings: an error naming the encode command, or drop them."""
+
+    error = "error"
+    drop = "drop"
 
 
 def choice(enum: type[Enum], value, what: str) -> Enum:

@@ -25,15 +25,10 @@ from pathlib import Path
 
 _PARAM = re.compile(r"\{(\w+)\}")
 
-# The positional arguments of each command, in order; everything else is an --option.
-POSITIONAL = {
-    "demo-data": ["out_dir"], "ingest": ["sources"], "annotators": ["dataset"], "flag": ["dataset"],
-    "embed": ["dataset"], "filter": ["dataset"], "encode": ["dataset"], "train": ["dataset"],
-    "report": ["dataset"], "export": ["dataset", "out"],
-}
-# Commands that take the pipeline's dataset directory as their first argument, or as --out.
-TAKES_DATASET = {"annotators", "flag", "embed", "filter", "encode", "train", "report", "export"}
+# The command that makes the dataset directory takes it as --out; the others take it as their
+# positional argument named "dataset" (or "dataset_dir": the pipeline file calls it dataset).
 TAKES_OUT = {"ingest"}
+DATASET_ARGUMENTS = ("dataset", "dataset_dir")
 
 
 class PipelineError(ValueError):
@@ -79,8 +74,11 @@ def _option(name: str, value) -> list[str]:
     return [flag, str(value)]
 
 
-def load(path: Path, overrides: dict[str, str] | None = None, known_commands: set[str] | None = None) -> Pipeline:
-    """Parse and check a pipeline file; ``overrides`` replace [params] values."""
+def load(path: Path, overrides: dict[str, str] | None = None,
+         positionals: dict[str, list[str]] | None = None) -> Pipeline:
+    """Parse and check a pipeline file; ``overrides`` replace [params] values. ``positionals``: each
+    command's positional argument names, in order (curate.cli.run.positionals reads them from the
+    commands); without it, the file's commands are not checked and every key is an --option."""
     try:
         spec = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -98,23 +96,29 @@ def load(path: Path, overrides: dict[str, str] | None = None, known_commands: se
     for i, stage in enumerate(spec.get("stage", []), 1):
         where = f"{path} stage {i}"
         options = {k: _substitute(v, params, where) for k, v in stage.items()}
-        command = options.pop("command", None)
-        if command is None or (known_commands is not None and command not in known_commands):
-            raise PipelineError(f"{where}: command {command!r} is not a prefcurate command; expected one of "
-                                f"{sorted(known_commands or POSITIONAL)}")
-        if command in TAKES_DATASET:
-            options.setdefault("dataset", str(dataset))
-        if command in TAKES_OUT:
-            options.setdefault("out", str(dataset))
-        argv = [command]
-        for name in POSITIONAL.get(command, []):
-            if name not in options:
-                raise PipelineError(f"{where}: `{command}` needs {name} = ...")
-            value = options.pop(name)
-            argv += [str(v) for v in value] if isinstance(value, list) else [str(value)]
-        for name, value in options.items():
-            argv += _option(name, value)
-        pipeline.steps.append(Step(command=command, argv=argv, where=where))
+        pipeline.steps.append(_step(options, dataset, positionals, where))
     if not pipeline.steps:
         raise PipelineError(f"{path}: no [[stage]] entries")
     return pipeline
+
+
+def _step(options: dict, dataset: Path, positionals: dict[str, list[str]] | None, where: str) -> Step:
+    """One stage's command line: its positional arguments in the command's order, then its options."""
+    command = options.pop("command", None)
+    if command is None or (positionals is not None and command not in positionals):
+        raise PipelineError(f"{where}: command {command!r} is not a prefcurate command; expected one of "
+                            f"{sorted(positionals or {})}")
+    if command in TAKES_OUT:
+        options.setdefault("out", str(dataset))
+    argv = [command]
+    for name in (positionals or {}).get(command, []):
+        key = "dataset" if name in DATASET_ARGUMENTS else name
+        if key == "dataset":
+            options.setdefault("dataset", str(dataset))
+        if key not in options:
+            raise PipelineError(f"{where}: `{command}` needs {key} = ...")
+        value = options.pop(key)
+        argv += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    for name, value in options.items():
+        argv += _option(name, value)
+    return Step(command=command, argv=argv, where=where)

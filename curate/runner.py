@@ -13,7 +13,7 @@ Work that needs the merged result shard by shard is a second stage that reads th
 - the stage's manifest (runs/<stage>/manifest.json) is written last of all: it is the commit;
 - a fingerprint of stage version, config and input checksums guards ``resume``.
 
-Executors only map a picklable function over shard specs; they never look inside a stage.
+Executors (curate.executors) only map a picklable function over shard specs; they never look inside a stage.
 Output bytes depend only on the inputs and the config: not on the executor or the worker count.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,9 @@ import pyarrow as pa
 from curate import __version__
 from curate import schema as schemas
 from curate.dataset import Dataset, ShardWriter, WrittenShard, file_sha256, write_json_atomic, write_shard
+# make_executor is not used here: benchmarks/align_data.py imports it from this module.
+from curate.executors import Executor, LocalExecutor, make_executor  # noqa: F401
 from curate.partials import UnsafePartial, load_partial, save_partial
-from curate.progress import progress_bars
 
 
 class FingerprintMismatch(RuntimeError):
@@ -119,91 +120,6 @@ class Stage:
 
     def final_file(self, table: str) -> str:
         return f"{self.name}-final.arrow"
-
-
-# --------------------------------------------------------------------------------------- executors
-class Executor:
-    """Maps a picklable function over items and returns the results in item order."""
-
-    name = "executor"
-
-    def map(self, fn: Callable, items: Sequence, desc: str) -> list:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class LocalExecutor(Executor):
-    """In-process, one shard after another: no server, the default."""
-
-    name = "local"
-
-    def map(self, fn, items, desc):
-        results = []
-        with progress_bars() as update:
-            update(desc, 0, len(items))
-            for item in items:
-                results.append(fn(item))
-                update(desc, len(results), len(items))
-        return results
-
-
-class DaskExecutor(Executor):
-    """Runs shards on a Dask cluster: a LocalCluster of worker processes, or an existing scheduler.
-
-    Workers must see the dataset directory at the same path (one machine, or a shared filesystem).
-    """
-
-    name = "dask"
-
-    def __init__(self, scheduler: str | None = None, workers: int = 2, threads_per_worker: int = 1):
-        from dask.distributed import Client, LocalCluster
-
-        self._cluster = None
-        if scheduler:
-            self.client = Client(scheduler, timeout="30s")
-        else:
-            self._cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
-                                         processes=True, dashboard_address=None)
-            self.client = Client(self._cluster)
-
-    def map(self, fn, items, desc):
-        from dask.distributed import as_completed
-
-        if not items:
-            return []
-        futures = self.client.map(fn, list(items), pure=False)
-        order = {f.key: i for i, f in enumerate(futures)}
-        results: list = [None] * len(futures)
-        with progress_bars() as update:
-            update(desc, 0, len(futures))
-            for done, future in enumerate(as_completed(futures), 1):
-                results[order[future.key]] = future.result()
-                update(desc, done, len(futures))
-        return results
-
-    def close(self):
-        self.client.close()
-        if self._cluster is not None:
-            self._cluster.close()
-
-
-def make_executor(name: str = "local", scheduler: str | None = None, workers: int = 2) -> Executor:
-    """``local`` (default), or ``dask`` (a LocalCluster of ``workers`` processes, or ``scheduler`` if given)."""
-    if scheduler and name == "local":
-        name = "dask"
-    if name == "local":
-        return LocalExecutor()
-    if name == "dask":
-        return DaskExecutor(scheduler=scheduler, workers=workers)
-    raise ValueError(f"unknown executor {name!r}; expected 'local' or 'dask'")
 
 
 # ------------------------------------------------------------------------------------ fingerprints
@@ -322,33 +238,6 @@ def _clear_outputs(stage: Stage, dataset: Dataset) -> None:
         for path in dataset.table_dir(table).glob(f"{stage.name}-*.arrow"):
             path.unlink()
     shutil.rmtree(dataset.run_dir(stage.name), ignore_errors=True)
-
-
-def generations(dataset: Dataset, prefix: str) -> list[tuple[int, bool]]:
-    """(generation, committed) of the runs named ``<prefix><NNN>``, oldest first.
-
-    Incremental stages (embed, encode) run as generations: each one processes only what committed
-    earlier generations did not, and a generation counts as data only once its manifest exists.
-    """
-    runs = dataset.root / "runs"
-    found = []
-    for run in sorted(runs.glob(f"{prefix}*")) if runs.is_dir() else []:
-        if run.name[len(prefix):].isdigit():
-            found.append((int(run.name[len(prefix):]), (run / "manifest.json").is_file()))
-    return found
-
-
-def committed_generation_files(dataset: Dataset, prefix: str, tables, before: int | None = None) -> dict[str, tuple[str, ...]]:
-    """Non-empty output files (relative to the dataset) of the committed generations older than
-    ``before``, per table, from their manifests: a file no manifest lists is not data yet."""
-    out: dict[str, list[str]] = {t: [] for t in tables}
-    for generation, committed in generations(dataset, prefix):
-        if committed and (before is None or generation < before):
-            manifest = json.loads((dataset.run_dir(f"{prefix}{generation:03d}") / "manifest.json").read_text())
-            for table in tables:
-                shards = manifest["tables"].get(table, {}).get("shards", [])
-                out[table] += [f"tables/{table}/{s['file']}" for s in shards if s["rows"]]
-    return {t: tuple(files) for t, files in out.items()}
 
 
 def is_complete(stage: Stage, dataset: Dataset) -> bool:

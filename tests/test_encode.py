@@ -81,14 +81,14 @@ def test_encode_writes_keyed_tables_once_then_only_what_is_new(world):
 
 def test_encodings_match_the_vae_and_text_encoder_run_directly(world):
     from curate.ids import normalize_prompt
-    from curate.train.data import to_pixels
-    from curate.train.encode import decode_rgb, vae_latents
+    from curate.images import decode_image
+    from curate.train.vae import to_pixels, vae_latents
     from curate.train.models import encode_prompts
 
     components = load_encoders(world["model"])
     row = tables(world["ds"], "latents").filter(pl.col("flipped")).row(0, named=True)
     images = tables(world["ds"], "images").filter(pl.col("image_id") == row["image_id"])
-    pixels = to_pixels(decode_rgb(images["bytes"][0]), 16)
+    pixels = to_pixels(decode_image(images["bytes"][0]), 16)
     direct = vae_latents(components.vae, torch.stack([pixels, pixels.flip(-1)]), "cpu")
     stored = torch.tensor(row["latent"], dtype=torch.float32).view(4, 8, 8)
     assert torch.allclose(stored, direct[1], atol=2e-3, rtol=1e-3)  # float16 storage
@@ -162,6 +162,21 @@ def test_missing_latents_are_an_error_naming_the_encode_command(world, tmp_path)
     (ds / "runs" / f"encode-{world['key'].replace(':', '-')}-g002" / "manifest.json").unlink()
     with pytest.raises(DataSelectionError, match="encoded without --flip.* --flip`, or train with --no-flip"):
         DatasetPairSource(ds, world["key"], 4, flip=True, selection=Selection(missing="drop"))
+
+
+def test_a_python_caller_of_train_from_dataset_gets_data_json(world, tmp_path):
+    from curate.train.config import TrainConfig
+    from curate.train.from_dataset import train_from_dataset
+
+    cfg = TrainConfig(model=world["model"], output_dir=str(tmp_path / "run"), max_steps=1, batch_size=4, lora_rank=4,
+                      checkpoint_every=0, tensorboard=False, progress=False)
+    seen = []
+    result, source = train_from_dataset(world["ds"], cfg, Selection(filtered="keep"), on_selected=seen.append)
+    assert result.step == 1 and seen == [source]
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert data["selection"]["filtered"] == "keep" and data["counts"]["trained"] == source.counts["trained"] > 0
+    with pytest.raises(ValueError, match="pass --resume"):
+        train_from_dataset(world["ds"], cfg)
 
 
 def test_source_resumes_at_the_exact_position_with_shared_flips(world):

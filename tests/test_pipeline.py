@@ -85,3 +85,44 @@ def test_pipeline_errors_name_the_fix(tmp_path):
     path.write_text('[pipeline]\ndataset = "x"\n[[stage]]\ncommand = "flg"\n')
     result = runner.invoke(app, ["run", str(path)])
     assert result.exit_code == 2 and "'flg' is not a prefcurate command" in result.output
+
+
+def test_a_stage_under_a_run_shares_its_executor_unless_it_sets_its_own():
+    from curate.cli.common import PipelineRun, pipeline_run, stage_executor
+    from curate.options import ExecutorName
+    from curate.executors import LocalExecutor
+
+    shared = LocalExecutor()
+    with pipeline_run(PipelineRun(shared, ("local", None, 2))) as run:
+        with stage_executor(ExecutorName.local, None, 2) as ex:
+            assert ex is shared
+        with stage_executor(ExecutorName.dask, None, 1) as ex:  # the stage's own: a real LocalCluster
+            assert ex is not shared and ex.name == "dask"
+        assert run.skipped == []
+    with stage_executor(ExecutorName.local, None, 2) as ex:  # outside the run: each command its own
+        assert ex is not shared
+
+
+def test_positional_arguments_come_from_the_commands(tmp_path):
+    import typer
+
+    from curate.cli.run import positionals
+
+    found = positionals(typer.main.get_command(app))
+    assert found["export"] == ["dataset", "out"] and found["ingest"] == ["sources"] and found["evaluate"] == []
+    path = tmp_path / "p.toml"
+    path.write_text('[pipeline]\ndataset = "ds"\n[[stage]]\ncommand = "verify"\n'
+                    '[[stage]]\ncommand = "export"\nout = "hf"\noverwrite = true\n')
+    steps = load(path, positionals=found).steps
+    assert [s.argv for s in steps] == [["verify", "ds"], ["export", "ds", "hf", "--overwrite"]]
+
+
+def test_a_failing_stage_stops_the_run_and_names_itself(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text(f'[pipeline]\ndataset = "{tmp_path}/ds"\n[[stage]]\ncommand = "demo-data"\n'
+                    f'out_dir = "{tmp_path}/w"\npairs = 40\nformats = "pickapic"\n[[stage]]\ncommand = "ingest"\n'
+                    f'sources = ["{tmp_path}/w/pickapic"]\nformat = "pickapic"\n[[stage]]\ncommand = "flag"\n')
+    result = runner.invoke(app, ["run", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "no 'consensus' table" in result.output and "stage 3: `flag` failed (exit 2)" in result.output
+    assert "funnel of" not in result.output

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from curate.cli import app
 from curate.dataset import Dataset
-from curate.publish.export import MAX_ROW_GROUP_BYTES, ExportError, parse_size, plan_row_groups, row_group_cap
+from curate.publish.export import ExportError, parse_size
+from curate.publish.parquet import MAX_ROW_GROUP_BYTES, plan_row_groups, row_group_cap
 from curated_data import build_curated, build_with_clip, cli
 
 runner = CliRunner()

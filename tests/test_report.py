@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from curate.cli import app
 from curate.dataset import Dataset
 from curate.report import health
-from curate.report.data import funnel, histogram
+from curate.funnel import funnel
+from curate.report.data import histogram
 from curate.report.plots import bar_chart, histogram_chart, nice_ticks
 from curated_data import build_curated, build_with_clip
 from evaluation_data import build_evaluation

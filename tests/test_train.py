@@ -349,6 +349,16 @@ def test_cli_train_refuses_a_bad_config_before_reading_any_data(tmp_path, args, 
 def test_the_cli_lists_diffusers_lr_schedules():
     from diffusers.optimization import SchedulerType
 
-    from curate.train.config import LR_SCHEDULERS
+    from curate.options import LrScheduler
 
-    assert LR_SCHEDULERS == tuple(s.value for s in SchedulerType)
+    assert tuple(s.value for s in LrScheduler) == tuple(s.value for s in SchedulerType)
+
+
+def test_the_trainer_choices_are_the_losses_and_configs_store_members():
+    from curate.options import Loss, Method
+    from curate.train.losses import LOSS_TYPES
+
+    assert tuple(loss.value for loss in Loss) == LOSS_TYPES
+    cfg = TrainConfig(method="adaptive-offline", loss="ipo")
+    assert cfg.method is Method.adaptive_offline and cfg.loss is Loss.ipo
+    assert f"{cfg.method}" == "adaptive-offline" and TrainConfig.from_json(cfg.to_json()) == cfg

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -21,9 +23,30 @@ DatasetArg = Annotated[Path, typer.Argument(help="The dataset directory (made by
                                             exists=True, file_okay=False, dir_okay=True)]
 
 
-# Set by `prefcurate run`: stages already complete under the same fingerprint are skipped, and
-# every stage uses the run's one executor (one Dask cluster for the whole pipeline, not one a stage).
-PIPELINE = {"skip_complete": False, "skipped": [], "executor": None}
+@dataclass
+class PipelineRun:
+    """What `prefcurate run` hands down to the commands it runs: stages complete under the same
+    fingerprint are skipped (their names collect in ``skipped``), and a stage runs on the run's one
+    executor (one Dask cluster for the whole pipeline) unless its own executor options differ from
+    ``settings``, the (executor, scheduler, workers) that executor was made with."""
+
+    executor: object
+    settings: tuple[str, str | None, int]
+    skipped: list[str] = field(default_factory=list)
+
+
+# The run in progress, if any: set only by `pipeline_run`, for the commands it calls.
+_RUN: ContextVar[PipelineRun | None] = ContextVar("prefcurate_pipeline_run", default=None)
+
+
+@contextmanager
+def pipeline_run(run: PipelineRun):
+    """Run the commands called inside this block as stages of ``run``."""
+    token = _RUN.set(run)
+    try:
+        yield run
+    finally:
+        _RUN.reset(token)
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -34,11 +57,13 @@ def fail(message: str, code: int = 2) -> None:
 
 @contextmanager
 def stage_executor(executor: ExecutorName = ExecutorName.local, scheduler: str | None = None, workers: int = 2):
-    """The executor a command runs its stages on: the pipeline's shared one under `prefcurate run`, else its own."""
-    if PIPELINE["executor"] is not None:
-        yield PIPELINE["executor"]
+    """The executor a command runs its stages on: the pipeline run's shared one when the stage asks for
+    the same executor options, else its own."""
+    run = _RUN.get()
+    if run is not None and run.settings == (executor.value, scheduler, workers):
+        yield run.executor
         return
-    from curate.runner import make_executor
+    from curate.executors import make_executor
 
     with make_executor(executor.value, scheduler=scheduler, workers=workers) as ex:
         yield ex
@@ -48,16 +73,16 @@ def run_stage_cli(stage, dataset_dir: Path, executor: ExecutorName = ExecutorNam
                   scheduler: str | None = None, workers: int = 2, resume: bool = False, skip_complete: bool = False):
     """Run a stage for a command: expected failures become one clear message, not a traceback."""
     from curate.dataset import DatasetError
-    from curate.runner import FingerprintMismatch, run_stage
+    from curate.runner import FingerprintMismatch, is_complete, run_stage
     from curate.schema import SchemaError
 
-    from curate.runner import is_complete
-
     expected = (FingerprintMismatch, DatasetError, SchemaError, *_source_errors())
-    skip_complete = skip_complete or PIPELINE["skip_complete"]
+    run = _RUN.get()
+    skip_complete = skip_complete or run is not None
     try:
         if skip_complete and is_complete(stage, _dataset(dataset_dir)):
-            PIPELINE["skipped"].append(stage.name)
+            if run is not None:
+                run.skipped.append(stage.name)
             return run_stage(stage, dataset_dir, skip_complete=True)  # reads the finished run's report
         with stage_executor(executor, scheduler, workers) as ex:
             return run_stage(stage, dataset_dir, ex, resume=resume, skip_complete=skip_complete)

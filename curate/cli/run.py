@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from curate.cli.common import PIPELINE, ExecutorName, ExecutorOpt, ResumeOpt, SchedulerOpt, WorkersOpt, fail
+from curate.cli.common import ExecutorName, ExecutorOpt, ResumeOpt, SchedulerOpt, WorkersOpt, fail
 from curate.cli.output import json_summary
 
 EXECUTOR_OPTIONS = ("executor", "scheduler", "workers", "resume")
@@ -27,10 +28,14 @@ def run(
 ) -> None:
     """Run every stage of a pipeline in order; stages complete under the same fingerprint are skipped.
 
-    The executor options apply to every stage that runs over shards. Ends with the funnel.
+    The executor options apply to every stage that runs over shards and sets none of its own (a
+    stage's own executor, scheduler or workers in the file are honoured: it gets its own executor).
+    Ends with the funnel.
     """
     from curate.cli import app
+    from curate.cli.common import PipelineRun, pipeline_run
     from curate.pipeline import PipelineError, load
+    from curate.executors import make_executor
 
     overrides = {}
     for item in param or []:
@@ -40,28 +45,25 @@ def run(
         overrides[key.strip()] = value
     command = typer.main.get_command(app)
     try:
-        pipeline = load(pipeline_file, overrides, known_commands=set(command.commands))
+        pipeline = load(pipeline_file, overrides, positionals=positionals(command))
     except PipelineError as exc:
         fail(str(exc))
-    from curate.runner import make_executor
-
     given = {"executor": executor.value, "scheduler": scheduler, "workers": workers, "resume": resume}
     with make_executor(executor.value, scheduler=scheduler, workers=workers) as shared:
-        PIPELINE.update(skip_complete=True, skipped=[], executor=shared)
-        try:
-            _run_steps(pipeline, command, given)
-        finally:
-            PIPELINE.update(skip_complete=False, executor=None)
-    print_funnel(pipeline.dataset)
-    from curate.funnel import funnel_counts
-
+        with pipeline_run(PipelineRun(shared, (executor.value, scheduler, workers))) as run:
+            _run_steps(pipeline, command, given, run)
+    shown = print_funnel(pipeline.dataset)
     return {"pipeline": str(pipeline_file), "dataset": str(pipeline.dataset), "steps": len(pipeline.steps),
-            "stages_skipped": list(PIPELINE["skipped"]), "funnel": funnel_counts(pipeline.dataset)}
+            "stages_skipped": list(run.skipped), "funnel": asdict(shown) if shown else None}
 
 
-def _run_steps(pipeline, command, given: dict) -> None:
-    import click
+def positionals(command) -> dict[str, list[str]]:
+    """Each command's positional arguments, in order, as the click command declares them."""
+    return {name: [p.name for p in sub.params if p.param_type_name == "argument"]
+            for name, sub in command.commands.items()}
 
+
+def _run_steps(pipeline, command, given: dict, run) -> None:
     for number, step in enumerate(pipeline.steps, 1):
         sub = command.commands[step.command]
         accepts = {p.name for p in sub.params}
@@ -73,18 +75,23 @@ def _run_steps(pipeline, command, given: dict) -> None:
         if _already_written(pipeline.dataset, step.command, argv):
             typer.echo("  skipped: already written with the same options")
             continue
-        before = len(PIPELINE["skipped"])
-        try:
-            command.main(args=argv, prog_name="prefcurate", standalone_mode=False)
-        except click.exceptions.Exit as exc:
-            if exc.exit_code:
-                fail(f"{step.where}: `{step.command}` failed (exit {exc.exit_code}); fix it and rerun: finished "
-                     f"stages will be skipped", code=exc.exit_code)
-        except click.ClickException as exc:
-            fail(f"{step.where}: {exc.format_message()}")
-        if len(PIPELINE["skipped"]) > before:
+        before = len(run.skipped)
+        _invoke(command, step, argv)
+        if len(run.skipped) > before:
             typer.echo("  (complete under the same fingerprint: skipped)")
         _record_written(pipeline.dataset, step.command, argv)
+
+
+def _invoke(command, step, argv: list[str]) -> None:
+    """Run one stage's command as typed (a usage error is printed as it would be); a failure names the
+    stage in the pipeline file and stops the run with the command's exit code."""
+    try:
+        command.main(args=argv, prog_name="prefcurate", standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+        if code:
+            fail(f"{step.where}: `{step.command}` failed (exit {code}); fix it and rerun: finished stages will be "
+                 f"skipped", code=code)
 
 
 def _marker(dataset: Path, command: str, argv: list[str]) -> tuple[Path, str]:
@@ -130,10 +137,17 @@ def _record_written(dataset: Path, command: str, argv: list[str]) -> None:
             write_json_atomic(marker, {"inputs": digest})
 
 
-def print_funnel(dataset_dir: Path) -> None:
+def print_funnel(dataset_dir: Path):
+    """The funnel as the report and the dataset card show it (curate.funnel); returns it (None
+    before ingest)."""
     from curate.cli.common import print_counts
+    from curate.dataset import Dataset
     from curate.funnel import funnel
 
-    rows = funnel(dataset_dir)
-    if rows:
-        print_counts(f"funnel of {dataset_dir}", rows)
+    ds = Dataset(dataset_dir)
+    if ds.has("pairs"):
+        steps = funnel(ds)
+        print_counts(f"funnel of {dataset_dir}", [(label, n) for label, n, _ in steps.steps()])
+        typer.echo(f"{steps.ties:,} accepted pairs are ties.")
+        return steps
+    return None

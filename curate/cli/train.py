@@ -1,7 +1,6 @@
 """`prefcurate encode`, `prefcurate train` and `prefcurate sample`: Diffusion-DPO / Adaptive-DPO on a curated dataset."""
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,60 +9,8 @@ import typer
 from curate.cli.common import (DatasetArg, Device, Precision, ExecutorName, ExecutorOpt, ResumeOpt, SchedulerOpt, WorkersOpt, fail,
                                print_counts)
 from curate.cli.output import json_summary
-# Only tuples of names (curate.train.config imports nothing heavy), so --help lists the choices.
-from curate.train.config import ATTENTION, COMPILE, LR_SCHEDULERS
-
-
-class Method(str, Enum):
-    dpo = "dpo"
-    adaptive_dpo = "adaptive-dpo"
-    adaptive_offline = "adaptive-offline"
-
-
-class Loss(str, Enum):
-    dpo = "dpo"
-    hinge = "hinge"
-    ipo = "ipo"
-    cdpo = "cdpo"
-    rdpo = "rdpo"
-
-
-class Finetune(str, Enum):
-    lora = "lora"
-    full = "full"
-
-
-class MixedPrecision(str, Enum):
-    no = "no"
-    fp16 = "fp16"
-    bf16 = "bf16"
-
-
-class Ties(str, Enum):
-    drop = "drop"
-
-
-class Filtered(str, Enum):
-    drop = "drop"
-    keep = "keep"
-
-
-class Minority(str, Enum):
-    keep = "keep"
-    drop = "drop"
-    weight = "weight"
-
-
-class Missing(str, Enum):
-    error = "error"
-    drop = "drop"
-
-
-LrScheduler = Enum("LrScheduler", {name: name for name in LR_SCHEDULERS}, type=str)  # diffusers' SchedulerType
-
-
-Attention = Enum("Attention", {name: name for name in ATTENTION}, type=str)
-Compile = Enum("Compile", {name.replace("-", "_"): name for name in COMPILE}, type=str)
+from curate.options import (Attention, Compile, Filtered, Finetune, Loss, LrScheduler, Method, Minority, Missing,
+                            MixedPrecision)
 
 
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Hub id, local diffusers folder (SD 1.x/2.x or SDXL), or world (the small "
@@ -152,8 +99,6 @@ def train(
                       "checkpoint (same config and data selection, or it refuses).")] = False,
     # what is trained
     split: Annotated[str, typer.Option(help="Split of the pairs table to train on; 'all' for every split.")] = "train",
-    ties: Annotated[Ties, typer.Option(help="drop is the only policy: a tie names no winner (the diffusers script "
-                    "trains it as 'image 0 wins'). Counted.")] = Ties.drop,
     filtered: Annotated[Filtered, typer.Option(help="drop: leave out pairs the filters table removed (keep = "
                         "false); keep: train them. Without a filters table nothing is filtered.")] = Filtered.drop,
     minority: Annotated[Minority, typer.Option(help="Pairs flagged in pair_scores: keep, drop, or weight (per-pair "
@@ -174,7 +119,7 @@ def train(
                           "Saved with the adapter, so it reloads at the same scale.")] = None,
     learning_rate: Annotated[float, typer.Option("--lr", help="AdamW learning rate (> 0).")] = 1e-5,
     lr_scheduler: Annotated[LrScheduler, typer.Option(metavar="<schedule>", help="diffusers.optimization."
-                            "get_scheduler schedule: " + ", ".join(LR_SCHEDULERS) + ".")] = LrScheduler.constant_with_warmup,
+                            "get_scheduler schedule: " + ", ".join(s.value for s in LrScheduler) + ".")] = LrScheduler.constant_with_warmup,
     lr_warmup_steps: Annotated[int, typer.Option(min=0, help="Optimizer steps of lr warm-up.")] = 0,
     max_steps: Annotated[int, typer.Option(min=1, help="Optimizer steps.")] = 2000,
     batch_size: Annotated[int, typer.Option(min=1, help="Pairs per device per micro-batch.")] = 16,
@@ -212,58 +157,37 @@ def train(
     """Train a LoRA or a full UNet with Diffusion-DPO or Adaptive-DPO on a curated dataset.
 
     Reads the pairs with their latents and text embeddings (run `prefcurate encode` first with the
-    same --model), leaves out ties, filtered and (optionally) minority pairs as the options say,
-    and prints how many pairs each reason removed before training starts. Every option is checked
-    before any data is read. Several processes: `accelerate launch --num_processes N -m curate.cli
-    train ...` or `torchrun --nproc_per_node N -m curate.cli train ...` (only the main one writes).
+    same --model), leaves out ties (a tie names no winner), filtered and (optionally) minority pairs
+    as the options say, and prints how many pairs each reason removed before training starts. Every
+    option is checked before any data is read. Several processes: `accelerate launch
+    --num_processes N -m curate.cli train ...` or `torchrun --nproc_per_node N -m curate.cli train
+    ...` (only the main one writes).
     """
-    from curate.dataset import DatasetError, write_json_atomic
-    from curate.train.checkpoint import latest_checkpoint
+    from curate.dataset import DatasetError
     from curate.train.config import TrainConfig
-    from curate.train.dataset_source import DatasetPairSource, Selection
-    from curate.train.encode import encoder_key
+    from curate.train.dataset_source import Selection
+    from curate.train.from_dataset import train_from_dataset
     from curate.train.loop import NonFiniteLoss
-    from curate.train.loop import empty_prompt
-    from curate.train.loop import train as run_training
-    from curate.train.models import load_components, unet_dtype
-    from curate.train.setup import check_runtime, make_accelerator
-    from curate.train.step import DOUBLE_WEIGHT
+
+    def selected(source) -> None:
+        print_counts(f"training pairs <- {dataset_dir}", source.summary_rows())
+        for note in source.notes:
+            typer.echo(f"note: {note}")
 
     try:
-        cfg = TrainConfig(model=model, revision=revision, output_dir=str(output_dir), method=method.value,
-                          loss=loss.value, beta=beta, finetune=finetune.value, lora_rank=lora_rank, lora_alpha=lora_alpha,
-                          learning_rate=learning_rate, lr_scheduler=lr_scheduler.value,
-                          lr_warmup_steps=lr_warmup_steps, max_steps=max_steps, batch_size=batch_size,
-                          grad_accum=grad_accum, mixed_precision=mixed_precision.value,
-                          gradient_checkpointing=gradient_checkpointing, attention=attention.value, allow_tf32=tf32,
-                          compile=torch_compile.value, use_8bit_adam=use_8bit_adam, label_smoothing=label_smoothing,
-                          ipo_tau=ipo_tau, prompt_dropout=prompt_dropout, rho=rho, weight_k=weight_k,
-                          weight_c=weight_c, adaptive_warmup_steps=adaptive_warmup_steps,
+        cfg = TrainConfig(model=model, revision=revision, output_dir=str(output_dir), method=method, loss=loss,
+                          beta=beta, finetune=finetune, lora_rank=lora_rank, lora_alpha=lora_alpha,
+                          learning_rate=learning_rate, lr_scheduler=lr_scheduler, lr_warmup_steps=lr_warmup_steps,
+                          max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
+                          mixed_precision=mixed_precision, gradient_checkpointing=gradient_checkpointing,
+                          attention=attention, allow_tf32=tf32, compile=torch_compile, use_8bit_adam=use_8bit_adam,
+                          label_smoothing=label_smoothing, ipo_tau=ipo_tau, prompt_dropout=prompt_dropout, rho=rho,
+                          weight_k=weight_k, weight_c=weight_c, adaptive_warmup_steps=adaptive_warmup_steps,
                           checkpoint_every=checkpoint_every, seed=seed)
-        selection = Selection(split=None if split == "all" else split, ties=ties.value, filtered=filtered.value,
-                              minority=minority.value, missing=missing_latents.value,
-                              need_u=method is Method.adaptive_offline)
-        if method is Method.adaptive_offline and minority is Minority.weight:
-            raise ValueError(DOUBLE_WEIGHT)
-        check_runtime(cfg)
-    except ValueError as err:
-        fail(str(err))
-    found = latest_checkpoint(output_dir)
-    if found is not None and not resume:
-        fail(f"{output_dir} holds {found.name}: pass --resume to continue that run, or choose another --output-dir")
-    try:
-        accelerator = make_accelerator()
-        components = load_components(model, revision, unet_dtype=unet_dtype(cfg))
-        source = DatasetPairSource(dataset_dir, encoder_key(components), batch_size, selection=selection,
-                                   resolution=resolution, flip=flip, seed=seed, rank=accelerator.process_index,
-                                   world_size=accelerator.num_processes, grad_accum=grad_accum, model_hint=model)
-        empty_prompt(cfg, source)  # prompt dropout needs it: refuse before the run folder is made
-        if accelerator.is_main_process:
-            print_counts(f"training pairs <- {dataset_dir}", source.summary_rows())
-            for note in source.notes:
-                typer.echo(f"note: {note}")
-            write_json_atomic(output_dir / "data.json", source.describe())
-        result = run_training(cfg, source, components, accelerator=accelerator)
+        selection = Selection(split=None if split == "all" else split, filtered=filtered, minority=minority,
+                              missing=missing_latents)
+        result, source = train_from_dataset(dataset_dir, cfg, selection, resolution=resolution, flip=flip,
+                                            resume=resume, on_selected=selected)
     except (ValueError, FileNotFoundError, DatasetError, NonFiniteLoss) as err:
         fail(str(err))
     typer.echo(f"trained {result.step} steps; dropped pairs: {dict(source.dropped) or 'none'}; "

@@ -7,33 +7,17 @@ the shard path and row numbers cross the process boundary, never the bytes.
 """
 from __future__ import annotations
 
-import io
 import re
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from curate.dataset import read_shard
+from curate.images import decode_image
 
 
 _OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")  # addresses would make the output bytes vary per run
-
-
-def decode_image(data: bytes, min_side: int | None = None) -> Image.Image:
-    """The RGB image in ``data``; raises ValueError for empty bytes, PIL's errors for corrupt ones.
-
-    ``min_side``: a JPEG may be decoded at a reduced DCT scale, never below this side (the model's
-    input size), which makes large JPEGs several times cheaper to decode.
-    """
-    if not data:
-        raise ValueError("no bytes")
-    with Image.open(io.BytesIO(data)) as image:
-        if min_side and image.format == "JPEG":
-            image.draft("RGB", (min_side, min_side))
-        image.load()  # decode now: a truncated file fails here, not later inside the transform
-        return image.convert("RGB")
 
 
 class PixelPipeline:

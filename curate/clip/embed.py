@@ -27,8 +27,9 @@ from curate import schema as schemas
 from curate.clip.models import ClipSource, LoadedClip, load_clip
 from curate.dataset import Dataset, read_shard
 from curate.ids import normalize_prompt
-from curate.runner import ShardContext, Stage, committed_generation_files
-from curate.runner import generations as runner_generations
+from curate.generations import committed_generation_files
+from curate.generations import generations as runner_generations
+from curate.runner import ShardContext, Stage
 
 EMBEDDING_TABLES = ("image_embeddings", "prompt_embeddings", "embed_failures")
 ROWS_PER_BATCH = 2048  # rows per written record batch: big enough that per-batch overhead vanishes

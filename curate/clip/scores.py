@@ -25,9 +25,16 @@ from curate import schema as schemas
 from curate.clip.embed import bucket_of, model_slug
 from curate.dataset import Dataset
 from curate.runner import ShardContext, Stage
-from curate.scorers.clip import row_cosines  # the CLIP-score formula, shared with the clip scorer
 
 PAIRS_PER_SHARD = 200_000  # each shard scans the embedding tables once: few, large shards
+
+
+def row_cosines(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Cosine of row i of ``x`` with row i of ``y`` (any norms; a zero row gives 0): the CLIP score of
+    prompt and image embeddings, and the image-image cosine of ``embed``'s pairs."""
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+    norms = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+    return np.divide((x * y).sum(axis=1), norms, out=np.zeros(len(x), np.float32), where=norms > 0)
 
 
 def scorer_name(model_key: str) -> str:

@@ -6,7 +6,6 @@ once. A row a reader already rejected carries its ``reason``; later checks never
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -56,7 +55,7 @@ def image_keys(image_ids: list[str]) -> np.ndarray:
 
 def _check_bytes(data: bytes, state: ShardState) -> str:
     """Image id of encoded bytes, checking each distinct image once per shard."""
-    image_id = hashlib.sha256(data).hexdigest()[:32]
+    image_id = ids.image_id(data)
     verdict = state.checked.get(image_id)
     if verdict is None:
         try:

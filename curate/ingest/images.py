@@ -1,7 +1,6 @@
 """Image checks: format sniffed from magic bytes, header parsed, truncation caught, paths kept in the root."""
 from __future__ import annotations
 
-import io
 import os
 import re
 from pathlib import Path
@@ -132,11 +131,10 @@ def inspect_image(data: bytes, full_decode: bool = False) -> tuple[str, int, int
 
 
 def _decode(data: bytes, fmt: str) -> None:
-    from PIL import Image
+    from curate.images import decode_image
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
+        decode_image(data)
     except Exception as exc:  # PIL raises many types for bad data; all mean the same here
         code = Reason.TRUNCATED_IMAGE if "truncat" in str(exc).lower() else Reason.UNDECODABLE_IMAGE
         raise Rejected(code, f"{fmt} image could not be decoded: {exc}") from None

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from curate import __version__
 from curate.dataset import Dataset
+from curate.funnel import funnel as curation_funnel
 from curate.report import data as figures
 from curate.report.method import filter_method, flag_method
 
@@ -104,7 +105,7 @@ def _type_name(column) -> str:
 
 
 def _funnel(ds: Dataset) -> str:
-    funnel = figures.funnel(ds)
+    funnel = curation_funnel(ds)
     rows = [[label, n, f"{n / funnel.read:.1%}" if funnel.read else "n/a"] for label, n, _ in funnel.steps()]
     notes = []
     if funnel.filtered is None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from curate import __version__
 from curate.dataset import Dataset
+from curate.funnel import Funnel, funnel as curation_funnel
 from curate.report import data as figures
 from curate.report.method import filter_method, flag_method
 from curate.report.plots import COLORS, bar_chart, histogram_chart
@@ -32,7 +33,7 @@ def write_report(dataset_dir: str | Path, out: str | Path, gallery: int = 12, th
     ds = Dataset(dataset_dir)
     ds.require("pairs", f"run `{figures.MISSING['pairs'][1]}` first")  # the one table every section needs
     missing = [stage for table, (stage, _, _) in figures.MISSING.items() if not ds.has(table)]
-    funnel = figures.funnel(ds)
+    funnel = curation_funnel(ds)
     sections = [
         _funnel_section(funnel),
         _annotator_section(ds),
@@ -96,7 +97,7 @@ def _markdown_inline(text: str) -> str:
 
 
 # -------------------------------------------------------------------------------------- sections
-def _funnel_section(funnel: figures.Funnel) -> str:
+def _funnel_section(funnel: Funnel) -> str:
     items = [(label, n, FUNNEL_COLORS[kind]) for label, n, kind in funnel.steps()]
     chart = bar_chart(items, "Curation funnel", total=funnel.read, width=1080, label_width=260)
     balanced = funnel.read == funnel.accepted + sum(funnel.rejected.values())
@@ -140,7 +141,7 @@ def _annotator_section(ds: Dataset) -> str:
                     "annotator, so a handful of judgements never makes anyone reliable or unreliable.", body)
 
 
-def _minority_section(ds: Dataset, funnel: figures.Funnel) -> str:
+def _minority_section(ds: Dataset, funnel: Funnel) -> str:
     scores = figures.minority_figures(ds)
     if scores is None:
         return _section("minority", "Minority flags", "Judgements the evidence says are likely wrong or idiosyncratic.",
@@ -306,7 +307,7 @@ def _thumbnail(blob: bytes | None, size: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------ page
-def _page(ds: Dataset, funnel: figures.Funnel, sections: list[str], extra_nav: list[tuple[str, str]]) -> str:
+def _page(ds: Dataset, funnel: Funnel, sections: list[str], extra_nav: list[tuple[str, str]]) -> str:
     stages = [s for s in ("ingest", "annotators", "flag", "filter") if figures.manifest(ds, s)]
     stages += ["embed"] if ds.has("clip_scores") else []
     chips = "".join(f"<span class='stage'>{escape(s)}</span>" for s in stages)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from curate.clip.scores import row_cosines  # the CLIP-score formula, shared with `embed`'s scores
 from curate.scorers.base import Scorer, ScorerError, ScorerSpec, WeightFile, hub_files, load_tensors
 
 DEFAULT_CLIP = "ViT-L-14/openai"
@@ -25,14 +26,6 @@ HPS_FILES = {"v2": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
 HPS_ARCH = "ViT-H-14"
 AESTHETIC_BACKBONE = "ViT-L-14/openai"
 AESTHETIC_URL = "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac+logos+ava1-l14-linearMSE.pth"
-
-
-def row_cosines(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Cosine of row i of ``x`` with row i of ``y`` (any norms; a zero row gives 0): the CLIP score of
-    prompt and image embeddings, and the image-image cosine of ``embed``'s pairs."""
-    x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
-    norms = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
-    return np.divide((x * y).sum(axis=1), norms, out=np.zeros(len(x), np.float32), where=norms > 0)
 
 
 def clip_source(text: str):

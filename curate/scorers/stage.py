@@ -24,7 +24,8 @@ from curate import schema as schemas
 from curate.clip.embed import bucket_of, model_slug
 from curate.dataset import Dataset, read_shard
 from curate.ids import normalize_prompt
-from curate.runner import Executor, ShardContext, Stage, StageReport, committed_generation_files, generations, run_stage
+from curate.generations import committed_generation_files, generations
+from curate.runner import Executor, ShardContext, Stage, StageReport, run_stage
 from curate.scorers.base import Scorer, ScorerError, ScorerSpec, parse_spec
 
 TABLES = ("scores", "score_failures")

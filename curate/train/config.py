@@ -4,17 +4,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
-METHODS = ("dpo", "adaptive-dpo", "adaptive-offline")
-FINETUNE = ("lora", "full")
-PRECISIONS = ("no", "fp16", "bf16")
-ATTENTION = ("sdpa", "eager")
-COMPILE = ("no", "default", "reduce-overhead", "max-autotune")
-# diffusers.optimization.SchedulerType's values, spelled out so that the CLI can list them without
-# importing diffusers (a test keeps the two equal).
-LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-                 "piecewise_constant")
+from curate.options import (Attention, Compile, Finetune, Loss, LrScheduler, MarginKind, Method, MixedPrecision,
+                            Normalize, WeightKind)
+
 # IPO's tau: the Adaptive-DPO authors' `--beta` "beta in ipo", default 100 (config/config.py of
 # fanfanffff1/Adaptive-DPO). diffusers' DPO script reads an undefined args.beta; Salesforce has no IPO.
 IPO_TAU = 100.0
@@ -32,21 +27,21 @@ class TrainConfig:
     # model: a hub id or a local diffusers folder (SD 1.x/2.x or SDXL, detected from the folder)
     model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     revision: str | None = None
-    finetune: str = "lora"                      # lora: reference = same UNet, adapters off; full: frozen copy
+    finetune: Finetune = Finetune.lora          # lora: reference = same UNet, adapters off; full: frozen copy
     lora_rank: int = 8
     lora_alpha: float | None = None             # None = rank (scale 1)
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     gradient_checkpointing: bool = False
-    mixed_precision: str = "no"                 # no | fp16 | bf16 (autocast; trainable weights stay fp32,
+    mixed_precision: MixedPrecision = MixedPrecision.no  # no | fp16 | bf16 (autocast; trainable weights stay fp32,
                                                 # frozen ones are cast to it; fp16 adds a GradScaler)
-    attention: str = "sdpa"                     # sdpa: torch scaled_dot_product_attention | eager: plain matmuls
+    attention: Attention = Attention.sdpa       # sdpa: torch scaled_dot_product_attention | eager: plain matmuls
     allow_tf32: bool = True                     # TF32 matmuls and convolutions on GPUs that have them
-    compile: str = "no"                         # torch.compile mode of the policy forward, or no
+    compile: Compile = Compile.no               # torch.compile mode of the policy forward, or no
     compile_backend: str = "inductor"           # torch.compile backend (aot_eager: no code generation)
 
     # objective
-    method: str = "dpo"                         # dpo | adaptive-dpo (online EMA annotators) | adaptive-offline (u from data)
-    loss: str = "dpo"                           # dpo | hinge | ipo | cdpo | rdpo
+    method: Method = Method.dpo                 # dpo | adaptive-dpo (online EMA annotators) | adaptive-offline (u from data)
+    loss: Loss = Loss.dpo                       # dpo | hinge | ipo | cdpo | rdpo
     beta: float = 2500.0
     label_smoothing: float = 0.0                # eps for cdpo / rdpo
     ipo_tau: float = IPO_TAU                    # loss ipo: (h - 1/(2 tau))^2; the Adaptive-DPO authors' 100
@@ -54,17 +49,17 @@ class TrainConfig:
 
     # Adaptive-DPO (docs sections 3-4)
     rho: float = 15.0                           # z = rho * h / ||h||_2 (authors' README value)
-    minority_normalize: str = "l2"              # l2 (authors) | rms (batch-size free: use rho / sqrt(B))
-    weight_kind: str = "linear"                 # W = 1 / (k u + c) or 1 / (k u^2 + c)
+    minority_normalize: Normalize = Normalize.l2  # l2 (authors) | rms (batch-size free: use rho / sqrt(B))
+    weight_kind: WeightKind = WeightKind.linear  # W = 1 / (k u + c) or 1 / (k u^2 + c)
     weight_k: float = 10.0
     weight_c: float = 1.0
-    margin_kind: str = "quadratic"              # G = mean(sg h) - u^2 / beta (or u / beta)
+    margin_kind: MarginKind = MarginKind.quadratic  # G = mean(sg h) - u^2 / beta (or u / beta)
     ema_caps: tuple[float, ...] = (0.9999, 0.5)
     adaptive_warmup_steps: int = 2              # optimizer steps with u = 0 while the EMAs warm up (authors: 2)
 
     # optimisation
     learning_rate: float = 1e-5
-    lr_scheduler: str = "constant_with_warmup"  # any diffusers.optimization.get_scheduler name
+    lr_scheduler: LrScheduler = LrScheduler.constant_with_warmup  # a diffusers get_scheduler name
     lr_warmup_steps: int = 0
     max_steps: int = 2000                       # optimizer steps
     batch_size: int = 16                        # pairs per device per forward
@@ -86,15 +81,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        _choice("method", self.method, METHODS)
-        _choice("finetune", self.finetune, FINETUNE)
-        _choice("mixed_precision", self.mixed_precision, PRECISIONS)
-        _choice("minority_normalize", self.minority_normalize, ("l2", "rms", "none"))
-        _choice("weight_kind", self.weight_kind, ("linear", "quadratic"))
-        _choice("margin_kind", self.margin_kind, ("linear", "quadratic"))
-        _choice("attention", self.attention, ATTENTION)
-        _choice("compile", self.compile, COMPILE)
-        _choice("lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
+        for name, enum in CHOICES.items():
+            object.__setattr__(self, name, _choice(name, getattr(self, name), enum))
         for name in ("learning_rate", "beta", "ipo_tau", "rho", "adam_eps"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -105,12 +93,9 @@ class TrainConfig:
             raise ValueError(f"prompt_dropout is a probability in [0, 1), got {self.prompt_dropout}")
         if self.lora_rank < 1 or (self.lora_alpha is not None and self.lora_alpha <= 0):
             raise ValueError(f"lora_rank must be >= 1 and lora_alpha > 0, got {self.lora_rank}, {self.lora_alpha}")
-        from curate.train.losses import check_loss_type
-
-        check_loss_type(self.loss)
         if self.method != "dpo" and self.loss not in ("dpo", "ipo"):
-            raise ValueError(f"method {self.method!r} defines a sigmoid (loss='dpo') and an IPO form (loss='ipo'), "
-                             f"not loss={self.loss!r}; pick one of those or method='dpo'")
+            raise ValueError(f"method {self.method.value!r} defines a sigmoid (loss='dpo') and an IPO form (loss='ipo'), "
+                             f"not loss={self.loss.value!r}; pick one of those or method='dpo'")
         if self.grad_accum < 1 or self.batch_size < 1 or self.max_steps < 1:
             raise ValueError(f"batch_size, grad_accum and max_steps must be >= 1, got "
                              f"{self.batch_size}, {self.grad_accum}, {self.max_steps}")
@@ -137,6 +122,16 @@ class TrainConfig:
         return cls.from_json(Path(path).read_text())
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(allowed)}")
+# The fields that hold a choice: given as the member or its value, stored as the member.
+CHOICES: dict[str, type[Enum]] = {
+    "method": Method, "loss": Loss, "finetune": Finetune, "mixed_precision": MixedPrecision, "minority_normalize": Normalize,
+    "weight_kind": WeightKind, "margin_kind": MarginKind, "attention": Attention, "compile": Compile,
+    "lr_scheduler": LrScheduler,
+}
+
+
+def _choice(name: str, value, enum: type[Enum]) -> Enum:
+    try:
+        return enum(value)
+    except ValueError:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(e.value for e in enum)}") from None

@@ -4,8 +4,7 @@ What is trained is decided here, by explicit options, and each pair left out is 
 first reason that applies, in this order, so the counts reconcile with the pairs table:
 
     other_split   not in the selected split (not a drop: another split was asked for)
-    tie           ties: the only policy is to drop them (DPO needs a winner; the diffusers script
-                  trains a tie as "image 0 wins")
+    tie           ties, always (DPO needs a winner; the diffusers script trains a tie as "image 0 wins")
     filtered      --filtered drop: keep = false in the filters table (no table: nothing is filtered)
     minority      --minority drop: is_minority in pair_scores
     missing_*     only with missing="drop"; by default a pair without latents or text embeddings
@@ -33,14 +32,10 @@ import torch
 from curate import schema as schemas
 from curate.dataset import Dataset
 from curate.ids import prompt_id
-from curate.train.data import PairBatch, epoch_batches, epoch_order, position_state, restore_position
-from curate.train.encode import committed_files
-
-TIES = ("drop",)
-FILTERED = ("drop", "keep")
-MINORITY = ("keep", "drop", "weight")
-MISSING = ("error", "drop")
-
+from curate.options import Filtered, Minority, Missing
+from curate.train.data import PairBatch
+from curate.train.encode_plan import committed_files, read_columns
+from curate.train.sampler import PairSampler
 
 class DataSelectionError(ValueError):
     """The dataset cannot give the pairs asked for: a table is missing, stale, or does not cover them."""
@@ -48,20 +43,22 @@ class DataSelectionError(ValueError):
 
 @dataclass(frozen=True)
 class Selection:
-    """Which pairs are trained, and what comes with them. See the module docstring for the order."""
+    """Which pairs are trained, and what comes with them. See the module docstring for the order.
+    Ties are always left out: a tie names no winner."""
 
-    split: str | None = "train"     # None: every split
-    ties: str = "drop"
-    filtered: str = "drop"
-    minority: str = "keep"          # weight: pair_scores.weight rides along as PairBatch.weight
-    missing: str = "error"          # pairs without latents / text embeddings
-    need_u: bool = False            # adaptive-offline: PairBatch.u from pair_scores.u
+    split: str | None = "train"         # None: every split
+    filtered: Filtered = Filtered.drop
+    minority: Minority = Minority.keep  # weight: pair_scores.weight rides along as PairBatch.weight
+    missing: Missing = Missing.error    # pairs without latents / text embeddings
+    need_u: bool = False                # adaptive-offline: PairBatch.u from pair_scores.u
 
     def __post_init__(self):
-        for name, allowed in (("ties", TIES), ("filtered", FILTERED), ("minority", MINORITY), ("missing", MISSING)):
-            if getattr(self, name) not in allowed:
+        for name, enum in (("filtered", Filtered), ("minority", Minority), ("missing", Missing)):
+            try:
+                object.__setattr__(self, name, enum(getattr(self, name)))
+            except ValueError:
                 raise DataSelectionError(f"unknown {name} policy {getattr(self, name)!r}; expected one of "
-                                         f"{', '.join(allowed)}")
+                                         f"{', '.join(e.value for e in enum)}") from None
 
 
 # --------------------------------------------------------------------------------- selection
@@ -149,12 +146,9 @@ def shard_index(ds: Dataset, files: tuple[str, ...], table: str, columns: list[s
     """Rows of ``columns`` of ``files`` with where each lives: file (position in ``files``), batch, row."""
     import polars as pl
 
-    names = schemas.load(table).names
-    options = ipc.IpcReadOptions(included_fields=[names.index(c) for c in columns])
     frames = []
     for i, f in enumerate(files):
-        with ipc.open_file(pa.memory_map(str(ds.root / f)), options=options) as reader:
-            data = reader.read_all()  # one chunk per record batch
+        data = read_columns(ds.root / f, table, columns)  # one chunk per record batch
         lengths = [len(c) for c in data.column(0).chunks]
         starts = np.repeat(np.cumsum([0] + lengths[:-1]), lengths)
         frames.append(pl.from_arrow(data).with_columns(
@@ -201,8 +195,8 @@ class DatasetPairSource:
                  resolution: int | None = None, flip: bool = False, seed: int = 0, shuffle: bool = True,
                  rank: int = 0, world_size: int = 1, grad_accum: int = 1, model_hint: str | None = None):
         self.ds, self.key, self.selection = Dataset(dataset_dir), key, selection
-        self.batch_size, self.flip, self.seed, self.shuffle = batch_size, flip, seed, shuffle
-        self.rank, self.world_size, self.grad_accum = rank, world_size, grad_accum
+        self.flip, self.seed = flip, seed
+        self.rank, self.world_size, self.grad_accum = rank, world_size, grad_accum  # checked by the loop
         self._hint = f"prefcurate encode {self.ds.root} --model {model_hint or '<the model with key ' + key + '>'}"
         pairs, self.dropped, self.counts, self.notes = select_pairs(self.ds, selection)
         files = committed_files(self.ds, key)
@@ -213,16 +207,16 @@ class DatasetPairSource:
         self.pair_ids = tuple(pairs["pair_id"].to_list())
         self.digest = hashlib.sha256("\n".join(self.pair_ids).encode()).hexdigest()[:16]
         self._arrays()
-        self.batches_per_epoch = epoch_batches(len(self.pair_ids), batch_size, world_size, grad_accum)
-        if self.batches_per_epoch == 0:
-            raise DataSelectionError(f"{len(self.pair_ids)} trainable pairs (dropped: {dict(self.dropped)}) do not "
-                                     f"fill one step of {batch_size} x {grad_accum} accumulation x {world_size} "
-                                     f"processes; lower --batch-size or add pairs")
+        try:
+            self.sampler = PairSampler(len(self.pair_ids), batch_size, seed=seed, shuffle=shuffle, flip=flip,
+                                       rank=rank, world_size=world_size, grad_accum=grad_accum)
+        except ValueError as err:
+            raise DataSelectionError(f"{err} (dropped: {dict(self.dropped)})") from None
+        self.batches_per_epoch = self.sampler.batches_per_epoch
         self._latents = _Columns(self.ds.root, files["latents"], "latents", "latent")
         self._text = _Columns(self.ds.root, files["text_embeddings"], "text_embeddings", "embedding")
         self._pooled = _Columns(self.ds.root, files["text_embeddings"], "text_embeddings", "pooled")
         self.empty_prompt = self._empty_prompt()
-        self.epoch, self.cursor = 0, 0
 
     # ------------------------------------------------------------------ joining
     def _latent_index(self, files, resolution: int | None):
@@ -327,20 +321,8 @@ class DatasetPairSource:
 
     # ------------------------------------------------------------------ iteration
     def __iter__(self) -> Iterator[PairBatch]:
-        while True:
-            order, flips = epoch_order(len(self.pair_ids), self.seed, self.epoch, self.shuffle), self._flips(self.epoch)
-            while self.cursor < self.batches_per_epoch:
-                start = (self.cursor * self.world_size + self.rank) * self.batch_size
-                batch = self.collate(np.asarray(order[start:start + self.batch_size]), flips)
-                self.cursor += 1  # advanced before yielding: state_dict() names the next batch
-                yield batch
-            self.epoch, self.cursor = self.epoch + 1, 0
-
-    def _flips(self, epoch: int) -> np.ndarray:
-        if not self.flip:
-            return np.zeros(len(self.pair_ids), bool)
-        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 2 + 1)  # a stream apart from the order's
-        return torch.randint(0, 2, (len(self.pair_ids),), generator=gen).bool().numpy()
+        for idx, flips in self.sampler:
+            yield self.collate(idx, flips)
 
     def collate(self, idx: np.ndarray, flips: np.ndarray) -> PairBatch:
         """The batch of pairs ``idx`` (positions in the selection); a flipped pair uses both flipped latents."""
@@ -369,20 +351,11 @@ class DatasetPairSource:
 
     # ------------------------------------------------------------------ position
     def state_dict(self) -> dict:
-        return {**position_state(self.epoch, self.cursor, self.world_size, self.grad_accum), "seed": self.seed,
-                "pairs": len(self.pair_ids), "pairs_digest": self.digest, "batch_size": self.batch_size,
-                "pairs_per_step": self.batch_size * self.world_size * self.grad_accum, "flip": self.flip,
-                "shuffle": self.shuffle}
+        return {**self.sampler.state_dict(), "pairs_digest": self.digest}
 
     def load_state_dict(self, state: dict) -> None:
-        mine = self.state_dict()
-        for key in ("seed", "pairs", "pairs_digest", "batch_size", "pairs_per_step", "flip", "shuffle"):
-            if state.get(key) != mine[key]:
-                raise DataSelectionError(f"the data position was saved with {key}={state.get(key)!r}, this source "
-                                         f"has {mine[key]!r}; resume with the same dataset, selection options and "
-                                         f"batch size")
         try:
-            self.epoch, self.cursor = restore_position(state, self.world_size)
+            self.sampler.load_state_dict(state, extra={"pairs_digest": self.digest})
         except ValueError as err:
             raise DataSelectionError(str(err)) from None
 

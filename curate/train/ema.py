@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from curate.train.losses import dpo_margin
 from curate.train.margins import pair_errors
 
 
@@ -45,7 +46,7 @@ class EMAAnnotators:
         for shadow in self.shadows:
             # Trainable weights are kept in fp32 like the shadows, so the tensors go in as they are.
             err_w, err_l = pair_errors(unet, x_t, t2, cond, target, params=shadow)
-            out.append((ref_err_w - ref_err_l) - (err_w - err_l))
+            out.append(dpo_margin(err_w, err_l, ref_err_w, ref_err_l))
         return out
 
     def state_dict(self) -> dict:

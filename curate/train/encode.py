@@ -23,27 +23,24 @@ Training reads these tables (curate.train.dataset_source) and never runs the VAE
 from __future__ import annotations
 
 import functools
-import io
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.ipc as ipc
 
 from curate import schema as schemas
 from curate.dataset import Dataset, read_shard
 from curate.ids import prompt_id
-from curate.runner import ShardContext, Stage, committed_generation_files
-from curate.runner import generations as runner_generations
+from curate.options import Precision
+from curate.runner import ShardContext, Stage
+from curate.train.encode_plan import committed_files, generations, pending_work, stage_prefix
 
-TABLES = ("latents", "text_embeddings")
 # The trainer reads single rows at random; a compressed record batch is decompressed whole, so keep them small.
 ROWS_PER_BATCH = 16
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 class EncodeError(RuntimeError):
@@ -97,8 +94,11 @@ def cached_encoders(model: str, revision: str | None, device: str, precision: st
     from the fp32 weights before they are cast to ``precision``."""
     import torch
 
-    if precision not in PRECISIONS:
-        raise EncodeError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    try:
+        precision = Precision(precision).value
+    except ValueError:
+        raise EncodeError(f"unknown precision {precision!r}; expected one of "
+                          f"{', '.join(p.value for p in Precision)}") from None
     components = load_encoders(model, revision)
     key = encoder_key(components)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
@@ -136,105 +136,6 @@ class Dims:
     def bind(self) -> dict[str, dict[str, int]]:
         return {"latents": {"latent": math.prod(self.latent_shape)},
                 "text_embeddings": {"embedding": math.prod(self.text_shape)}}
-
-
-# ------------------------------------------------------------------------------- generations
-def stage_prefix(key: str) -> str:
-    return f"encode-{key.replace(':', '-')}-g"
-
-
-def generations(ds: Dataset, key: str) -> list[tuple[int, bool]]:
-    """(generation, committed) of every encode run of ``key``, oldest first."""
-    return runner_generations(ds, stage_prefix(key))
-
-
-def committed_files(ds: Dataset, key: str, before: int | None = None) -> dict[str, tuple[str, ...]]:
-    """Non-empty output files of the committed encode generations of ``key`` older than ``before``, per table."""
-    return committed_generation_files(ds, stage_prefix(key), TABLES, before)
-
-
-def read_columns(path: Path, table: str, columns: list[str]) -> pa.Table:
-    """Some columns of a shard, without decompressing the others (the tensors)."""
-    names = schemas.load(table).names
-    options = ipc.IpcReadOptions(included_fields=[names.index(c) for c in columns])
-    with ipc.open_file(pa.memory_map(str(path)), options=options) as reader:
-        return reader.read_all()
-
-
-# ---------------------------------------------------------------------------------- the work
-@dataclass
-class Work:
-    """What a generation has to encode, and the counts behind it."""
-
-    image_specs: list[dict] = field(default_factory=list)
-    prompt_specs: list[dict] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def specs(self) -> list[dict]:
-        return self.image_specs + self.prompt_specs
-
-
-def pending_work(ds: Dataset, key: str, resolution: int, flip: bool, prior: dict[str, tuple[str, ...]],
-                 images_per_shard: int, prompts_per_shard: int) -> Work:
-    """Image rows (per images shard, with the orientations each still needs) and prompt ids not yet encoded."""
-    import polars as pl
-
-    ds.require("pairs", "run `prefcurate ingest` first")
-    ds.require("images", "ingest a source with image bytes first")
-    trained = ds.scan("pairs").filter(pl.col("label") != "tie").select("image_a_id", "image_b_id", "prompt_id").collect()
-    needed = pl.concat([trained["image_a_id"], trained["image_b_id"]]).unique()
-    done = _done_latents(ds, prior["latents"], key, resolution)
-    work = Work(counts={"images_needed": len(needed), "images_found": 0, "latents_already_encoded": 0,
-                        "latents_to_encode": 0})
-    for shard in ds.shards("images"):
-        ids = pl.from_arrow(read_shard(shard, ["image_id"])).with_row_index("row")
-        ids = ids.filter(pl.col("image_id").is_in(needed.implode()))
-        plain = ~ids["image_id"].is_in(done[False].implode())
-        flipped = ~ids["image_id"].is_in(done[True].implode()) if flip else pl.Series([False] * ids.height)
-        # mask bit 1: encode as is; bit 2: encode flipped
-        ids = ids.with_columns(mask=plain.cast(pl.Int8) + 2 * flipped.cast(pl.Int8))
-        todo = int(plain.sum() + flipped.sum())
-        work.counts["images_found"] += ids.height
-        work.counts["latents_to_encode"] += todo
-        work.counts["latents_already_encoded"] += ids.height * (2 if flip else 1) - todo
-        ids = ids.filter(pl.col("mask") > 0)
-        for start in range(0, ids.height, images_per_shard):
-            chunk = ids.slice(start, images_per_shard)
-            work.image_specs.append({"kind": "images", "shard": str(shard), "rows": chunk["row"].to_list(),
-                                     "mask": chunk["mask"].to_list()})
-    work.counts["images_missing"] = work.counts["images_needed"] - work.counts["images_found"]
-    # The empty prompt too: prompt dropout trains a pair on it.
-    prompts = pl.concat([trained["prompt_id"], pl.Series([prompt_id("")])]).unique()
-    encoded = _done_prompts(ds, prior["text_embeddings"], key)
-    todo = sorted(prompts.filter(~prompts.is_in(encoded.implode())).to_list())
-    work.counts.update(prompts_needed=len(prompts), prompts_to_encode=len(todo),
-                       prompts_already_encoded=len(prompts) - len(todo))
-    work.prompt_specs = [{"kind": "prompts", "ids": todo[s:s + prompts_per_shard]}
-                         for s in range(0, len(todo), prompts_per_shard)]
-    return work
-
-
-def _done_latents(ds: Dataset, files: tuple[str, ...], key: str, resolution: int):
-    """image_ids already encoded at ``resolution``, per orientation."""
-    import polars as pl
-
-    parts = [pl.from_arrow(read_columns(ds.root / f, "latents", ["image_id", "model", "resolution", "flipped"]))
-             for f in files]
-    empty = pl.Series("image_id", [], pl.String)
-    if not parts:
-        return {False: empty, True: empty}
-    rows = pl.concat(parts).filter((pl.col("model") == key) & (pl.col("resolution") == resolution))
-    return {o: rows.filter(pl.col("flipped") == o)["image_id"] for o in (False, True)}
-
-
-def _done_prompts(ds: Dataset, files: tuple[str, ...], key: str):
-    import polars as pl
-
-    parts = [pl.from_arrow(read_columns(ds.root / f, "text_embeddings", ["prompt_id", "model"])) for f in files]
-    if not parts:
-        return pl.Series("prompt_id", [], pl.String)
-    return pl.concat(parts).filter(pl.col("model") == key)["prompt_id"]
 
 
 # --------------------------------------------------------------------------------- the stage
@@ -289,7 +190,8 @@ class EncodeStage(Stage):
     def _images(self, components, spec: dict, ctx: ShardContext):
         import torch
 
-        from curate.train.data import crop_top_left, to_pixels
+        from curate.images import decode_image
+        from curate.train.vae import crop_top_left, to_pixels, vae_latents
 
         table = read_shard(Path(spec["shard"]), ["image_id", "bytes"]).take(spec["rows"])
         ids, blobs = table["image_id"].to_pylist(), table["bytes"]
@@ -298,7 +200,7 @@ class EncodeStage(Stage):
             samples = []
             for i in range(start, min(start + self.batch_size, len(ids))):
                 try:
-                    image = decode_rgb(blobs[i].as_py())
+                    image = decode_image(blobs[i].as_py())
                 except Exception:  # noqa: BLE001 (PIL raises many kinds; each is counted, none stops the run)
                     ctx.stats["images_undecodable"] += 1
                     continue
@@ -382,28 +284,6 @@ class EncodeStage(Stage):
 
 def _fixed(flat: np.ndarray, width: int) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(flat), width)
-
-
-def decode_rgb(data: bytes):
-    """The RGB image in ``data``, fully decoded (a truncated file fails here, not inside the transform)."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
-        return image.convert("RGB")
-
-
-def vae_latents(vae, pixels, device: str):
-    """(posterior mean - shift) * scaling factor, fp32 on the CPU. The mean, not a sample: one
-    deterministic latent per image keeps reruns and resumes exact."""
-    import torch
-
-    with torch.no_grad():
-        z = vae.encode(pixels.to(device, vae.dtype)).latent_dist.mean
-    shift = getattr(vae.config, "shift_factor", None)
-    if shift is not None:
-        z = z - shift
-    return (z * vae.config.scaling_factor).float().cpu()
 
 
 def check_finite(values, what: str, precision: str) -> None:

@@ -11,6 +11,7 @@ import torch
 
 from curate.train.losses import adaptive_terms, dpo_margin, preference_loss
 from curate.train.margins import noised_pair, pair_conditioning, pair_errors, reference_errors
+from curate.train.sampler import stream_seed
 
 
 @dataclass
@@ -29,7 +30,7 @@ def noise_generator(seed: int, step: int, index: int) -> torch.Generator:
     """The generator of one micro-batch: `index` = micro * processes + rank, the micro-batch's place
     among the step's global batches, so one process with 2x accumulation draws what two processes
     draw, and a resumed run (on any number of processes) draws exactly what it would have."""
-    return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 1009 + index) * 101)
+    return torch.Generator().manual_seed((stream_seed(seed, step) * 1009 + index) * 101)
 
 
 def drop_prompts(batch, empty_prompt, p: float, gen: torch.Generator):

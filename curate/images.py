@@ -1,4 +1,5 @@
-"""Fetch the bytes of a few images by id without reading the images table into memory.
+"""Image bytes: the one decoder (ingest, CLIP, scorers and encode all decode through it), and
+fetching the bytes of a few images by id without reading the images table into memory.
 
 The images table is written uncompressed (curate.dataset), so a memory-mapped shard is read
 zero-copy: only the rows taken are ever touched. The index keeps the ids as fixed-width bytes
@@ -6,12 +7,32 @@ zero-copy: only the rows taken are ever touched. The index keeps the ids as fixe
 """
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from curate import schema as schemas
 from curate.dataset import Dataset
+
+
+def decode_image(data: bytes, min_side: int | None = None):
+    """The RGB PIL image in ``data``, decoded in full; ValueError for empty bytes, PIL's errors for
+    corrupt ones (a truncated file fails here, not later inside a transform).
+
+    ``min_side``: a JPEG may be decoded at a reduced DCT scale, never below this side (the model's
+    input size), which makes large JPEGs several times cheaper to decode.
+    """
+    from PIL import Image
+
+    if not data:
+        raise ValueError("no bytes")
+    with Image.open(io.BytesIO(data)) as image:
+        if min_side and image.format == "JPEG":
+            image.draft("RGB", (min_side, min_side))
+        image.load()
+        return image.convert("RGB")
 
 
 class ImageIndex:
