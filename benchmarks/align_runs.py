@@ -75,7 +75,7 @@ def train_config(method: str, rate: float, seed: int, s: RunSettings, out: Path)
                        label_smoothing=rate if method == "rdpo" else 0.0, beta=s.beta, learning_rate=s.lr,
                        lr_scheduler="constant", max_steps=s.steps, batch_size=s.batch_size, seed=seed,
                        adaptive_warmup_steps=s.adaptive_warmup, output_dir=str(out), checkpoint_every=0,
-                       keep_checkpoints=1, tensorboard=False, progress=False, log_every=max(s.steps // 4, 1))
+                       keep_checkpoints=1, tensorboard=False, progress=False, log_every=max(s.steps // 10, 1))
 
 
 def run_one(ds: Path, method: str, rate: float, seed: int, evals: HeldOut, s: RunSettings, work: Path) -> dict:
@@ -103,4 +103,5 @@ def run_one(ds: Path, method: str, rate: float, seed: int, evals: HeldOut, s: Ru
             "win_rate": float(np.mean((reward > evals.base_reward) + 0.5 * (reward == evals.base_reward))),
             "train_pairs": int(len(source.pair_ids)), "dropped": {k: int(v) for k, v in source.dropped.items()},
             "train_s": round(took, 1), "eval_s": round(time.perf_counter() - started - took, 1),
-            "final_loss": last.get("loss"), "final_u_mean": last.get("u_mean")}
+            "final_loss": last.get("loss"), "final_u_mean": last.get("u_mean"), "history": [
+                {k: round(h[k], 4) for k in ("step", "loss", "implicit_acc", "h_mean", "h_std")} for h in result.history]}

@@ -101,6 +101,17 @@ def test_curation_stages_then_one_run_of_each_training_family(tmp_path):
         assert len(row["reward"]) == 3 and 0 <= row["win_rate"] <= 1
         kept = decided - round(q["flagged_share"] * decided) if method == "dpo-kept" else decided
         assert row["train_pairs"] == kept
+        assert [h["step"] for h in row["history"]] == [1, 2] and all(h["loss"] >= 0 for h in row["history"])
+
+
+def test_a_calibration_probe_names_trainer_settings_typed_as_the_benchmark_has_them():
+    from align_calibrate import parse_probe
+    from align_runs import RunSettings
+
+    s = parse_probe("finetune=full,steps=80,lr=3e-4,beta=10", RunSettings())
+    assert (s.finetune, s.steps, s.lr, s.beta, s.batch_size) == ("full", 80, 3e-4, 10.0, RunSettings().batch_size)
+    with pytest.raises(SystemExit, match="unknown setting"):
+        parse_probe("steps=80,judge=easy", RunSettings())
 
 
 def test_a_share_of_the_clean_gain_needs_a_clean_gain():
