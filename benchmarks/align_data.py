@@ -154,7 +154,8 @@ def curate_dataset(root: Path, name: str, c: Candidates, labels: Labels, *, quan
     from curate.annotators.flag import FlagStage
     from curate.annotators.stage import AnnotatorsStage
     from curate.ingest.stage import IngestStage
-    from curate.runner import make_executor, run_stage
+    from curate.executors import make_executor
+    from curate.runner import run_stage
     from curate.train.encode import encode_dataset
 
     ds = root / name / "dataset"

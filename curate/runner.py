@@ -35,8 +35,7 @@ import pyarrow as pa
 from curate import __version__
 from curate import schema as schemas
 from curate.dataset import Dataset, ShardWriter, WrittenShard, file_sha256, write_json_atomic, write_shard
-# make_executor is not used here: benchmarks/align_data.py imports it from this module.
-from curate.executors import Executor, LocalExecutor, make_executor  # noqa: F401
+from curate.executors import Executor, LocalExecutor
 from curate.partials import UnsafePartial, load_partial, save_partial
 
 
