@@ -38,7 +38,11 @@ def _with_trust(root, out, trust_of: dict[str, float]) -> None:
     """The world's pairs with an annotator_trust column, as a dataset of its own (committed)."""
     pairs = Dataset(root / "ds").read_table("pairs")
     trust = [trust_of.get(a) for a in pairs["annotator_id"].to_pylist()]
-    pairs = pairs.append_column("annotator_trust", pa.array(trust, pa.float64()))
+    column = pa.array(trust, pa.float64())
+    if "annotator_trust" in pairs.column_names:  # pairs v2 carry it (null where the source gives none)
+        pairs = pairs.set_column(pairs.schema.get_field_index("annotator_trust"), "annotator_trust", column)
+    else:
+        pairs = pairs.append_column("annotator_trust", column)
     path = out / "tables" / "pairs" / "ingest-00000.arrow"
     path.parent.mkdir(parents=True)
     with ipc.new_file(path, pairs.schema) as writer:
