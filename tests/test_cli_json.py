@@ -60,6 +60,9 @@ def test_curation_commands(world):
     keys.with_columns(score=pl.lit(0.5)).write_csv(world / "outside.csv")
     imported = summary("scores", "import", str(world / "outside.csv"), "--scorer", "outside", "-d", ds)
     assert imported["scores"] == keys.height and imported["unmatched_rows"] == 0
+    # Again with the scores stored (world, the domain CLIP's, outside): several scorers as evidence.
+    rescored = summary("annotators", ds)
+    assert rescored["annotators"] == crowd["annotators"]
     checked = summary("verify", ds)
     assert checked["problems"] == [] and checked["tables"]["pairs"]["rows"] == flagged["pairs"]
 

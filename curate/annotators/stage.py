@@ -141,8 +141,9 @@ def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list
     keys = np.unique(np.concatenate([cols["key_a"][decided], cols["key_b"][decided]]))
     scorer_rms = np.array([sig.rms(r) for r in raw])
     slope = crowd.fit_slope(crowd.mean_scorer_margin(raw, scorer_rms))
+    scorer_names = tuple(f"scorer:{s}" for s in scorers)  # the evidence below reads the scorers' scales from these
     model = crowd.CrowdModel(np.zeros(0, np.int64), np.zeros((0, 0)), np.zeros((0, 0)), 0, 0.5, np.ones(1),
-                             groups, (), np.zeros(0), slope)
+                             groups, scorer_names, scorer_rms, slope)
     resp, taste, data, stability = np.ones((len(who), 1)), None, None, None
     if stage.bradley_terry and len(keys) >= 2:
         data = judgements(cols, keys, person, len(who))._replace(trust=person_trust(who, people))
@@ -150,7 +151,7 @@ def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list
         model, resp, taste, stability = fit_taste_model(stage, data, model._replace(image_keys=keys), scored)
     judgement_resp = np.where(np.isin(who, known)[:, None], resp, model.share[None, :])[person]
     evidence = crowd.judgement_evidence(model, cols, judgement_resp, raw)
-    names = [f"scorer:{s}" for s in scorers] + (["bradley_terry"] if taste is not None else [])
+    names = list(scorer_names) + (["bradley_terry"] if taste is not None else [])
     rms = list(scorer_rms) + ([sig.rms(evidence["bt"])] if taste is not None else [])
     if np.isfinite(evidence["vote_margin"]).any():
         names.append("votes")
