@@ -6,7 +6,8 @@ from html import escape
 from pathlib import Path
 
 from curate import __version__
-from curate.report.html import CSS, SCRIPT, write_page
+from curate.report.html import write_page
+from curate.report.style import CSS, SCRIPT
 
 
 def write_sections_page(out: str | Path, sections: list[tuple[str, str, str]], subject: str) -> dict:
