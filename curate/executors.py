@@ -2,10 +2,21 @@
 
 An executor maps a picklable function over shard specs and returns the results in order; it never
 looks inside a stage (curate.runner), so output bytes do not depend on it or on the worker count.
+
+What a task may use is the executor's decision, the same everywhere: one core. In-process, shards
+run one after another on one core (numerical libraries are held to one thread while they run), so
+it is the reference a cluster is measured against; a Dask worker runs one task at a time on one
+thread (the nanny sets OMP_NUM_THREADS=1 and friends). More cores come from more workers:
+``--executor dask --workers N`` on one machine (a LocalCluster, no server to set up), or
+``--scheduler`` for many. A stage that feeds an accelerator may still start helper processes of its
+own (embed's image decoders on a GPU).
 """
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 
 from curate.progress import progress_bars
 
@@ -28,14 +39,42 @@ class Executor:
         self.close()
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@contextmanager
+def one_thread():
+    """Numerical libraries on one thread while the block runs, as in a Dask worker; restored after.
+
+    The variables hold libraries first imported inside the block; torch, when it is already
+    loaded, is set directly (and restored, so work outside the executor, training, keeps its cores).
+    """
+    saved = {v: os.environ.get(v) for v in THREAD_VARIABLES}
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch else None
+    os.environ.update({v: "1" for v in THREAD_VARIABLES})
+    if torch:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for v, value in saved.items():
+            if value is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = value
+        if (torch := sys.modules.get("torch")) is not None:
+            torch.set_num_threads(threads or os.cpu_count() or 1)
+
+
 class LocalExecutor(Executor):
-    """In-process, one shard after another: no server, the default."""
+    """In-process, one shard after another on one core: no server, the default (see the module docstring)."""
 
     name = "local"
 
     def map(self, fn, items, desc):
         results = []
-        with progress_bars() as update:
+        with progress_bars() as update, one_thread():
             update(desc, 0, len(items))
             for item in items:
                 results.append(fn(item))
@@ -51,16 +90,18 @@ class DaskExecutor(Executor):
 
     name = "dask"
 
-    def __init__(self, scheduler: str | None = None, workers: int = 2, threads_per_worker: int = 1):
+    def __init__(self, scheduler: str | None = None, workers: int = 2, threads_per_worker: int = 1,
+                 dashboard: bool = False):
         from dask.distributed import Client, LocalCluster
 
         self._cluster = None
         if scheduler:
             self.client = Client(scheduler, timeout="30s")
         else:
-            self._cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker,
-                                         processes=True, dashboard_address=None)
+            self._cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                                         dashboard_address=dashboard_address() if dashboard else None)
             self.client = Client(self._cluster)
+        self.dashboard = _dashboard_link(self.client) if dashboard else None
 
     def map(self, fn, items, desc):
         from dask.distributed import as_completed
@@ -83,12 +124,37 @@ class DaskExecutor(Executor):
             self._cluster.close()
 
 
-def make_executor(name: str = "local", scheduler: str | None = None, workers: int = 2) -> Executor:
-    """``local`` (default), or ``dask`` (a LocalCluster of ``workers`` processes, or ``scheduler`` if given)."""
+def _dashboard_link(client) -> str | None:
+    """The dashboard's address, or None for a scheduler started without one (``--no-dashboard``)."""
+    try:
+        return client.dashboard_link
+    except KeyError:
+        return None
+
+
+def dashboard_address() -> str:
+    """Where a LocalCluster serves its dashboard: port 8787 on this machine, another free port if taken.
+    The dashboard needs bokeh (a dependency of prefcurate)."""
+    try:
+        import bokeh  # noqa: F401
+    except ImportError:
+        raise RuntimeError("--dashboard needs bokeh, which Dask's dashboard is drawn with: pip install 'bokeh>=3.1'") from None
+    return "127.0.0.1:8787"
+
+
+def make_executor(name: str = "local", scheduler: str | None = None, workers: int = 2,
+                  dashboard: bool = False) -> Executor:
+    """``local`` (default), or ``dask`` (a LocalCluster of ``workers`` processes, or ``scheduler`` if given).
+
+    ``dashboard``: serve (a LocalCluster) or find (a scheduler's own) Dask's dashboard; its address is
+    the executor's ``dashboard`` (None when the scheduler serves none). In-process there is none.
+    """
     if scheduler and name == "local":
         name = "dask"
     if name == "local":
+        if dashboard:
+            raise ValueError("--dashboard shows a Dask cluster's dashboard; add --executor dask (or --scheduler)")
         return LocalExecutor()
     if name == "dask":
-        return DaskExecutor(scheduler=scheduler, workers=workers)
+        return DaskExecutor(scheduler=scheduler, workers=workers, dashboard=dashboard)
     raise ValueError(f"unknown executor {name!r}; expected 'local' or 'dask'")

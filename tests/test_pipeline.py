@@ -93,7 +93,7 @@ def test_a_stage_under_a_run_shares_its_executor_unless_it_sets_its_own():
     from curate.executors import LocalExecutor
 
     shared = LocalExecutor()
-    with pipeline_run(PipelineRun(shared, ("local", None, 2))) as run:
+    with pipeline_run(PipelineRun(shared, ("local", None, 2, False))) as run:
         with stage_executor(ExecutorName.local, None, 2) as ex:
             assert ex is shared
         with stage_executor(ExecutorName.dask, None, 1) as ex:  # the stage's own: a real LocalCluster

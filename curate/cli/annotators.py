@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from curate.cli.common import DatasetArg, ExecutorName, ExecutorOpt, ResumeOpt, SchedulerOpt, WorkersOpt, fail, print_counts, run_stage_cli
+from curate.cli.common import DashboardOpt, DatasetArg, ExecutorName, ExecutorOpt, ResumeOpt, SchedulerOpt, WorkersOpt, fail, print_counts, run_stage_cli
 from curate.cli.output import json_summary, prefixed, stage_summary
 from curate.options import WeightKind, WeightSource
 
@@ -23,6 +23,7 @@ def annotators(
     executor: ExecutorOpt = ExecutorName.local,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = 2,
+    dashboard: DashboardOpt = False,
     resume: ResumeOpt = False,
 ) -> None:
     """Per-annotator statistics, taste groups, and each judgement's consensus.
@@ -36,7 +37,7 @@ def annotators(
     from curate.annotators.stage import AnnotatorsStage
 
     stage = AnnotatorsStage(bradley_terry=bradley_terry, level=level, bootstrap=bootstrap, max_tastes=max_tastes)
-    report = run_stage_cli(stage, dataset, executor, scheduler, workers, resume)  # then its consensus pass
+    report = run_stage_cli(stage, dataset, executor, scheduler, workers, resume, dashboard=dashboard)  # then its consensus pass
     stats = report.stats
     alpha = stats.get("krippendorff_alpha_x1000", -1000)
     print_counts(f"annotators -> {dataset}", [
@@ -85,6 +86,7 @@ def flag(
     executor: ExecutorOpt = ExecutorName.local,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = 2,
+    dashboard: DashboardOpt = False,
     resume: ResumeOpt = False,
 ) -> None:
     """Flag minority samples with reasons and give every pair a training weight (the pair_scores table)."""
@@ -104,7 +106,7 @@ def flag(
                           weight_kind=weight_kind, k=k, c=c)
     except ValueError as exc:
         fail(str(exc))
-    report = run_stage_cli(stage, dataset, executor, scheduler, workers, resume)
+    report = run_stage_cli(stage, dataset, executor, scheduler, workers, resume, dashboard=dashboard)
     total = report.tables["pair_scores"]["rows"]
     flagged = report.stats.get("flagged", 0)
     rows = [("pairs", total), ("flagged as minority", flagged),

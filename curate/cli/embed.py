@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from curate.cli.common import DatasetArg, Device, Precision, ExecutorName, ExecutorOpt, ResumeOpt, SchedulerOpt, WorkersOpt, fail, print_counts
+from curate.cli.common import DashboardOpt, DatasetArg, Device, Precision, ExecutorName, ExecutorOpt, ResumeOpt, SchedulerOpt, WorkersOpt, fail, print_counts
 from curate.cli.output import json_summary, stage_summary
 
 
@@ -22,12 +22,14 @@ def embed(
     device: Annotated[Device, typer.Option(help="auto: cuda when available, else cpu.")] = Device.auto,
     precision: Annotated[Precision, typer.Option(help="Model precision (inputs are cast to it).")] = Precision.fp32,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images (and prompts) per forward pass.")] = 64,
-    decode_workers: Annotated[int, typer.Option("--decode-workers", min=0, help="Processes decoding images "
-                              "while the model runs (0: decode in the main process).")] = 2,
+    decode_workers: Annotated[Optional[int], typer.Option("--decode-workers", min=0, help="Processes decoding "
+                              "images while the model runs (0: in the model's process). Default: 2 on a GPU, 0 "
+                              "on the CPU, where the model has the core.")] = None,
     images_per_shard: Annotated[int, typer.Option("--images-per-shard", min=1, help="Images per output shard.")] = 4096,
     executor: ExecutorOpt = ExecutorName.local,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = 2,
+    dashboard: DashboardOpt = False,
     resume: ResumeOpt = False,
 ) -> None:
     """Embed each distinct image and prompt once per model (incremental), then score every pair.
@@ -46,7 +48,7 @@ def embed(
     try:
         source = resolve(model, pretrained)
         options = EmbedOptions(device=device.value, batch_size=batch_size, decode_workers=decode_workers)
-        with stage_executor(executor, scheduler, workers) as ex:
+        with stage_executor(executor, scheduler, workers, dashboard) as ex:
             summary = embed_dataset(dataset_dir, source, precision=precision.value, options=options, executor=ex,
                                     resume=resume, images_per_shard=images_per_shard)
     except (ModelError, DatasetError, FingerprintMismatch) as exc:

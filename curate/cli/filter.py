@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from curate.cli.common import DatasetArg, ExecutorName, ExecutorOpt, SchedulerOpt, WorkersOpt, fail, run_stage_cli
+from curate.cli.common import DashboardOpt, DatasetArg, ExecutorName, ExecutorOpt, SchedulerOpt, WorkersOpt, fail, run_stage_cli
 from curate.cli.output import json_summary, stage_summary
 
 
@@ -35,6 +35,7 @@ def filter_pairs(
     executor: ExecutorOpt = ExecutorName.local,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = 2,
+    dashboard: DashboardOpt = False,
 ) -> None:
     """Judge every pair by the rules and write filters (pair_id, keep, reasons); nothing is deleted.
 
@@ -58,7 +59,7 @@ def filter_pairs(
         stage = build_filter_stage(ds, replace(resolved, **switched))
     except (RuleError, DatasetError) as exc:
         fail(str(exc))
-    report = run_stage_cli(stage, dataset_dir, executor, scheduler, workers)
+    report = run_stage_cli(stage, dataset_dir, executor, scheduler, workers, dashboard=dashboard)
     threshold = stage.threshold
     typer.echo(f"filter -> {dataset_dir / 'tables' / 'filters'}  (model {stage.rules.model}; min score "
                f"{'off' if threshold is None else f'{threshold:.4f}'})")

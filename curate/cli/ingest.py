@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from curate.cli.common import ExecutorOpt, ExecutorName, ResumeOpt, SchedulerOpt, WorkersOpt, fail, print_counts, run_stage_cli
+from curate.cli.common import DashboardOpt, ExecutorOpt, ExecutorName, ResumeOpt, SchedulerOpt, WorkersOpt, fail, print_counts, run_stage_cli
 from curate.cli.output import json_summary, prefixed, stage_summary
 from curate.options import Format
 
@@ -44,6 +44,7 @@ def ingest(
     executor: ExecutorOpt = ExecutorName.local,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = 2,
+    dashboard: DashboardOpt = False,
     resume: ResumeOpt = False,
 ) -> None:
     """Read pairwise preferences into versioned Arrow tables: pairs, images (each stored once) and rejects.
@@ -71,7 +72,7 @@ def ingest(
                         mapping=pairs, split=split, shard_rows=shard_rows, allow_network=allow_network,
                         full_decode=full_decode, hub_mirror=mirror)
     out.mkdir(parents=True, exist_ok=True)
-    report = run_stage_cli(stage, out, executor, scheduler, workers, resume)
+    report = run_stage_cli(stage, out, executor, scheduler, workers, resume, dashboard=dashboard)
     print_ingest_summary(report.stats, out)
     return {"dataset": str(out), "format": fmt.value, "records": report.stats.get("records", 0),
             "pairs_read": report.stats.get("items", 0), "accepted": report.stats.get("accepted", 0),

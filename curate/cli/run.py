@@ -9,10 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from curate.cli.common import ExecutorName, ExecutorOpt, ResumeOpt, SchedulerOpt, WorkersOpt, fail
+from curate.cli.common import DashboardOpt, ExecutorName, ExecutorOpt, ResumeOpt, SchedulerOpt, WorkersOpt, fail
 from curate.cli.output import json_summary
 
-EXECUTOR_OPTIONS = ("executor", "scheduler", "workers", "resume")
+EXECUTOR_OPTIONS = ("executor", "scheduler", "workers", "dashboard", "resume")
 
 
 @json_summary
@@ -24,6 +24,7 @@ def run(
     executor: ExecutorOpt = ExecutorName.local,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = 2,
+    dashboard: DashboardOpt = False,
     resume: ResumeOpt = False,
 ) -> None:
     """Run every stage of a pipeline in order; stages complete under the same fingerprint are skipped.
@@ -33,9 +34,8 @@ def run(
     Ends with the funnel.
     """
     from curate.cli import app
-    from curate.cli.common import PipelineRun, pipeline_run
+    from curate.cli.common import PipelineRun, open_executor, pipeline_run
     from curate.pipeline import PipelineError, load
-    from curate.executors import make_executor
 
     overrides = {}
     for item in param or []:
@@ -48,9 +48,10 @@ def run(
         pipeline = load(pipeline_file, overrides, positionals=positionals(command))
     except PipelineError as exc:
         fail(str(exc))
-    given = {"executor": executor.value, "scheduler": scheduler, "workers": workers, "resume": resume}
-    with make_executor(executor.value, scheduler=scheduler, workers=workers) as shared:
-        with pipeline_run(PipelineRun(shared, (executor.value, scheduler, workers))) as run:
+    given = {"executor": executor.value, "scheduler": scheduler, "workers": workers, "dashboard": dashboard,
+             "resume": resume}
+    with open_executor(executor, scheduler, workers, dashboard) as shared:
+        with pipeline_run(PipelineRun(shared, (executor.value, scheduler, workers, dashboard))) as run:
             _run_steps(pipeline, command, given, run)
     shown = print_funnel(pipeline.dataset)
     return {"pipeline": str(pipeline_file), "dataset": str(pipeline.dataset), "steps": len(pipeline.steps),

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from curate.cli.common import (DatasetArg, Device, ExecutorName, ExecutorOpt, Precision, ResumeOpt, SchedulerOpt,
+from curate.cli.common import (DashboardOpt, DatasetArg, Device, ExecutorName, ExecutorOpt, Precision, ResumeOpt, SchedulerOpt,
                                WorkersOpt, fail, print_counts, run_stage_cli, stage_executor)
 from curate.cli.output import json_summary, stage_summary
 
@@ -60,6 +60,7 @@ def compute(
     executor: ExecutorOpt = ExecutorName.local,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = 2,
+    dashboard: DashboardOpt = False,
     resume: ResumeOpt = False,
 ) -> None:
     """Score each distinct (image, prompt) of the pairs once with a registry scorer (incremental): an AI annotator.
@@ -74,7 +75,7 @@ def compute(
 
     try:
         options = ScoreOptions(device=device.value, batch_size=batch_size)
-        with stage_executor(executor, scheduler, workers) as ex:
+        with stage_executor(executor, scheduler, workers, dashboard) as ex:
             summary = compute_scores(dataset_dir, scorer, precision=precision.value, options=options, executor=ex,
                                      resume=resume, images_per_shard=images_per_shard)
     except (ScorerError, DatasetError, FingerprintMismatch) as exc:

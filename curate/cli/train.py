@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from curate.cli.common import (DatasetArg, Device, Precision, ExecutorName, ExecutorOpt, ResumeOpt, SchedulerOpt, WorkersOpt, fail,
+from curate.cli.common import (DashboardOpt, DatasetArg, Device, Precision, ExecutorName, ExecutorOpt, ResumeOpt, SchedulerOpt, WorkersOpt, fail,
                                print_counts)
 from curate.cli.output import json_summary
 from curate.options import (Attention, Compile, Filtered, Finetune, Loss, LrScheduler, Method, Minority, Missing,
@@ -37,6 +37,7 @@ def encode(
     executor: ExecutorOpt = ExecutorName.local,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = 2,
+    dashboard: DashboardOpt = False,
     resume: ResumeOpt = False,
 ) -> None:
     """Precompute VAE latents and text embeddings once, so training never runs the VAE or the text encoders.
@@ -52,7 +53,7 @@ def encode(
     from curate.train.encode import EncodeError, encode_dataset
 
     try:
-        with stage_executor(executor, scheduler, workers) as ex:
+        with stage_executor(executor, scheduler, workers, dashboard) as ex:
             summary = encode_dataset(dataset_dir, model, revision=revision, resolution=resolution, flip=flip,
                                      device=_device(device.value), precision=precision.value, batch_size=batch_size,
                                      images_per_shard=images_per_shard, executor=ex, resume=resume)

@@ -102,7 +102,13 @@ class EmbedOptions:
 
     device: str = "cpu"
     batch_size: int = 64
-    decode_workers: int = 2
+    decode_workers: int | None = None  # None: 2 feeding a GPU; 0 on the CPU, where the model has the task's core
+
+    def decoders(self, device: str) -> int:
+        """Decode processes for a model on ``device`` (resolved: cpu, cuda, mps)."""
+        if self.decode_workers is not None:
+            return self.decode_workers
+        return 0 if device == "cpu" else 2
 
 
 class EmbedStage(Stage):
@@ -195,7 +201,7 @@ def embed_images(model: LoadedClip, work, options: EmbedOptions, ctx: ShardConte
     """Run the model over decoded batches as the workers deliver them; write failures with reasons."""
     from curate.clip.decode import PixelPipeline, decoded_batches
 
-    workers = options.decode_workers
+    workers = options.decoders(model.device)
     if workers and multiprocessing.current_process().daemon:
         workers = 0  # a daemonic process (a Dask worker) may not start children: decode here instead
         ctx.stats["shards_decoded_in_process"] += 1

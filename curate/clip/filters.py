@@ -37,7 +37,7 @@ from curate.runner import ShardContext, Stage
 
 RULES = ("unscored", "low_prompt_score", "near_identical_images", "semantic_duplicate")
 SCORE_OF = ("max", "min", "mean")
-PAIRS_PER_SHARD = 200_000
+PAIRS_PER_SHARD = 100_000
 LSH_BANDS, LSH_BITS = 8, 8  # P(miss) for two pairs at epsilon 0.01 is about 0.5% (see duplicate_clusters)
 
 

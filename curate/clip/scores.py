@@ -26,7 +26,7 @@ from curate.clip.embed import bucket_of, model_slug
 from curate.dataset import Dataset
 from curate.runner import ShardContext, Stage
 
-PAIRS_PER_SHARD = 200_000  # each shard scans the embedding tables once: few, large shards
+PAIRS_PER_SHARD = 100_000  # each shard scans the embedding tables once: few, large shards (10 at 1M pairs)
 
 
 def row_cosines(x: np.ndarray, y: np.ndarray) -> np.ndarray:
