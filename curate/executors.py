@@ -102,6 +102,9 @@ class DaskExecutor(Executor):
                                          dashboard_address=dashboard_address() if dashboard else None)
             self.client = Client(self._cluster)
         self.dashboard = _dashboard_link(self.client) if dashboard else None
+        # One warm-up task per worker, not awaited: the driver plans meanwhile (kept, or Dask cancels them).
+        self._warming = [self.client.submit(warm_imports, workers=[w], pure=False, key=f"warm-imports-{i}")
+                         for i, w in enumerate(self.client.scheduler_info()["workers"])]
 
     def map(self, fn, items, desc):
         from dask.distributed import as_completed
@@ -122,6 +125,21 @@ class DaskExecutor(Executor):
         self.client.close()
         if self._cluster is not None:
             self._cluster.close()
+
+
+# What the data stages' tasks import (seconds per process). A worker imports them once, at start, while
+# the driver plans, instead of inside the first task of each stage; torch and open_clip are left to the
+# stages that need them.
+WARM_MODULES = ("numpy", "pyarrow.compute", "pyarrow.parquet", "polars", "curate.runner", "curate.ingest.stage",
+                "curate.annotators.stage", "curate.annotators.consensus", "curate.annotators.flag",
+                "curate.clip.scores", "curate.clip.filters")
+
+
+def warm_imports(modules: Sequence[str] = WARM_MODULES) -> None:
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
 
 
 def _dashboard_link(client) -> str | None:

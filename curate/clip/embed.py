@@ -119,11 +119,14 @@ class EmbedStage(Stage):
     inputs = ("pairs", "images")
 
     def __init__(self, source: ClipSource, generation: int, buckets: tuple[int, int], prior: dict[str, tuple[str, ...]],
-                 embed_dim: int, precision: str = "fp32", options: EmbedOptions = EmbedOptions()):
-        """``buckets``: (image buckets, prompt buckets); shard k embeds image bucket k and prompt bucket k."""
+                 precision: str = "fp32", options: EmbedOptions = EmbedOptions()):
+        """``buckets``: (image buckets, prompt buckets); shard k embeds image bucket k and prompt bucket k.
+
+        The model is loaded only where shards run (once per process): a driver that hands the
+        shards to Dask workers never imports open_clip (seconds per process)."""
         self.source, self.generation, self.prior = source, generation, prior
         self.image_buckets, self.prompt_buckets = buckets
-        self.embed_dim, self.precision, self.options = embed_dim, precision, options
+        self.precision, self.options = precision, options
         self.name = f"embed-{model_slug(source.key)}-g{generation:03d}"
 
     def config(self) -> dict:
@@ -132,7 +135,8 @@ class EmbedStage(Stage):
                 "after": {t: list(files) for t, files in self.prior.items()}}
 
     def output_dims(self):
-        return {"image_embeddings": {"embedding": self.embed_dim}, "prompt_embeddings": {"embedding": self.embed_dim}}
+        width = cached_model(self.source, self.options.device, self.precision).embed_dim
+        return {"image_embeddings": {"embedding": width}, "prompt_embeddings": {"embedding": width}}
 
     def plan(self, dataset: Dataset) -> list[int]:
         return list(range(max(self.image_buckets, self.prompt_buckets)))

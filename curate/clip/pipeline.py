@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from curate.clip.embed import (EmbedOptions, EmbedStage, bucket_counts, cached_model, count_pending, generations,
+from curate.clip.embed import (EmbedOptions, EmbedStage, bucket_counts, count_pending, generations,
                                prior_files)
 from curate.clip.models import ClipSource
 from curate.clip.scores import ClipScoreStage, score_bucket_count
@@ -51,9 +51,8 @@ def embed_dataset(root: str | Path, source: ClipSource, *, precision: str = "fp3
 
     embed_report, started = None, time.perf_counter()
     if pending_images or pending_prompts or open_run is not None:
-        model = cached_model(source, options.device, precision)
         buckets = bucket_counts(pending_images, ds.num_rows("pairs"), images_per_shard)
-        stage = EmbedStage(source, generation, buckets, prior, model.embed_dim, precision, options)
+        stage = EmbedStage(source, generation, buckets, prior, precision, options)
         embed_report = run_stage(stage, ds, executor, resume=resume)
     embed_seconds = time.perf_counter() - started
 
