@@ -22,7 +22,9 @@ The runner owns everything else:
 - every output shard is written to a temporary file and renamed (curate.dataset.ShardWriter);
 - a shard's completion record (runs/<stage>/shards/<n>.json) is written after its files;
 - the stage's manifest (runs/<stage>/manifest.json) is written last of all: it is the commit;
-- a fingerprint of stage version, config and input checksums guards ``resume``.
+- a fingerprint of stage version, config and input checksums guards ``resume``;
+- later passes run as their first pass ran: skipped (``skip_complete``) only when it was skipped,
+  resumed when it resumed, so they never keep results that describe files the first pass redid.
 
 Executors (curate.executors) only map a picklable function over shard specs; they never look inside a stage.
 Output bytes depend only on the inputs and the config: not on the executor or the worker count.
@@ -118,12 +120,11 @@ class Stage:
     def process(self, spec: Any, ctx: ShardContext) -> Iterator[tuple[str, pa.RecordBatch]]:
         raise NotImplementedError(f"stage {self.name} must define process()")
 
-    def finalize(self, dataset: Dataset, results: list[ShardResult], executor: "Executor | None" = None) -> dict[str, int] | Finalized:
+    def finalize(self, dataset: Dataset, results: list[ShardResult]) -> dict[str, int] | Finalized:
         """Merge partials once every shard is done; must be idempotent (it reruns on resume).
 
-        Returns stats, or a ``Finalized`` with the ``final_outputs`` tables too. ``executor`` is
-        still passed for stages that have not moved their second pass into a stage of its own;
-        new stages must not map work over it.
+        Returns stats, or a ``Finalized`` with the ``final_outputs`` tables too. It is given no
+        executor: work that needs mapping over shards is a later pass (``then``), planned as tasks.
         """
         return {}
 
@@ -396,7 +397,7 @@ def _run_one(stage: Stage, dataset: Dataset, executor: Executor, resume: bool, s
     stats: Counter = Counter()
     for r in ordered:
         stats.update(r.stats)
-    finalized = stage.finalize(dataset, ordered, executor)
+    finalized = stage.finalize(dataset, ordered)
     if isinstance(finalized, Finalized):
         _write_final_tables(stage, dataset, finalized.tables)
         finalized = finalized.stats

@@ -178,7 +178,9 @@ class RewriteStage(_LaterPass):
         if "redundant_images" in found:
             yield from _drop_images(ctx.dataset, files["images"], found["redundant_images"])
 
-    def finalize(self, dataset: Dataset, results, executor=None) -> dict[str, int]:
+    def finalize(self, dataset: Dataset, results) -> dict[str, int]:
+        # Counted from pass 2's tables, not from this pass's tasks: a task rerun after a crash finds its
+        # rows already moved and moves nothing, but the table still says how many this pass removed.
         return {"duplicate_pairs": dataset.num_rows("duplicate_pairs"),
                 "redundant_images": dataset.num_rows("redundant_images")}
 
