@@ -347,9 +347,9 @@ def _run_locked(stage: Stage, dataset: Dataset, executor: Executor | None, resum
     report = _run_one(stage, dataset, executor, resume, skip_complete)
     # A later pass is skipped only when its first pass was: a first pass that ran again (from scratch or
     # resumed) may have new files that the later passes' committed results do not describe.
-    later_skip = skip_complete and report.already_complete
-    report.passes = [_run_one(later, dataset, executor, resume, later_skip) for later in stage.then()]
-    if any(later.supersedes == stage.name for later in stage.then()):
+    later_skip, passes = skip_complete and report.already_complete, stage.then()
+    report.passes = [_run_one(later, dataset, executor, resume, later_skip) for later in passes]
+    if any(later.supersedes == stage.name for later in passes):
         manifest = json.loads((dataset.run_dir(stage.name) / "manifest.json").read_text())
         report.stats, report.tables = manifest["stats"], manifest["tables"]  # as the later passes left them
     return report

@@ -31,7 +31,8 @@ def _bounds(sorted_keys: np.ndarray) -> np.ndarray:
     return np.searchsorted(sorted_keys >> _SHIFT, np.arange(BUCKETS + 1, dtype=np.uint64))
 
 
-def bucketed(dup_keys: np.ndarray, pair_hi: np.ndarray, pair_lo: np.ndarray, image_keys: np.ndarray) -> dict[str, np.ndarray]:
+def bucketed(dup_keys: np.ndarray, pair_hi: np.ndarray, pair_lo: np.ndarray,
+             image_keys: np.ndarray) -> dict[str, np.ndarray]:
     """A shard's partial: its pairs' duplicate keys (in pairs-file order, with their pair ids) and its
     stored images' keys, split by bucket and sorted within each."""
     rows = np.arange(len(dup_keys), dtype=np.uint64)
