@@ -13,7 +13,7 @@ import pytest
 
 from curate.dataset import Dataset, read_shard
 from curate.ids import pair_id
-from curate.ingest.buckets import BUCKETS
+from curate.ingest.buckets import bucket_count, bucketed, images_key, pairs_key
 from curate.ingest.stage import IngestStage
 from curate.runner import LocalExecutor, is_complete, run_stage
 from curate.verify import verify_dataset
@@ -110,7 +110,7 @@ def test_the_merge_is_planned_as_tasks_and_no_keys_reach_the_driver(tmp_path):
     watching = Watching()
     run_stage(stage(path), tmp_path / "ds", watching)
     assert len(watching.seen["ingest"]) == 12 and all(r.partial is None for r in watching.seen["ingest"])
-    assert len(watching.seen["ingest_duplicates"]) == BUCKETS
+    assert len(watching.seen["ingest_duplicates"]) == bucket_count(12) == 16
     rewritten = watching.seen["ingest_rewrite"]
     assert 0 < len(rewritten) < 12  # only the shards with something to remove
     assert not any((tmp_path / "ds" / "runs" / "ingest_rewrite").glob("*.partial.npz"))
@@ -205,3 +205,39 @@ def test_a_rewrite_that_commits_again_corrects_the_counts_once(tmp_path, full):
     assert report.stats == manifest(tmp_path / "ds")["stats"] == manifest(done)["stats"]
     assert tables_bytes(tmp_path / "ds") == tables_bytes(done)
     assert_clean(tmp_path / "ds")
+
+
+def test_bucket_counts_follow_the_shards_up_to_64():
+    assert [bucket_count(n) for n in (0, 1, 2, 3, 12, 64, 65, 5000)] == [1, 1, 2, 4, 16, 64, 64, 64]
+
+
+@pytest.mark.parametrize("buckets", [1, 4, 64])
+def test_a_key_lands_in_its_top_bits_bucket_sorted(buckets):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    keys = rng.integers(0, 2**63, 500, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    keys[::7] = keys[0]  # repeats, which keep their rows in order
+    hi, lo = np.arange(500, dtype=np.uint64), np.arange(500, dtype=np.uint64) + np.uint64(1000)
+    partial = bucketed(keys, hi, lo, keys[:50], buckets)
+    bits = buckets.bit_length() - 1
+    rows = []
+    for b in range(buckets):
+        part = partial[pairs_key(b)]
+        assert all((int(k) >> (64 - bits) if bits else 0) == b for k in part[:, 0])
+        assert part[:, 0].tolist() == sorted(part[:, 0].tolist())
+        assert (part[:, 2] == part[:, 1]).all()  # a row keeps its own pair id
+        rows += part[:, 1].tolist()
+        assert set(partial[images_key(b)].tolist()) <= set(part[:, 0].tolist())
+    assert sorted(rows) == list(range(500))
+    same = partial[pairs_key(int(keys[0]) >> (64 - bits) if bits else 0)]
+    assert same[same[:, 0] == keys[0], 1].tolist() == list(range(0, 500, 7))
+    with pytest.raises(ValueError, match="power of two"):
+        bucketed(keys, hi, lo, keys[:5], 3)
+
+
+def test_a_one_shard_input_writes_one_bucket(tmp_path):
+    path, _ = write_repeats(tmp_path / "raw")
+    run_stage(stage(path, 1000), tmp_path / "ds")
+    ds = Dataset(tmp_path / "ds")
+    assert [len(ds.shards(t)) for t in ("pairs", "duplicate_pairs", "redundant_images")] == [1, 1, 1]

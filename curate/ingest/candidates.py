@@ -43,10 +43,10 @@ class ShardState:
     image_ids: list[str] = field(default_factory=list)
     last_bytes: dict[str, list] = field(default_factory=dict)  # the current batch's decoded byte columns
 
-    def partial(self) -> dict:
-        """The shard's keys for the duplicates pass, in hash buckets (curate.ingest.buckets)."""
+    def partial(self, buckets: int) -> dict:
+        """The shard's keys for the duplicates pass, in ``buckets`` hash buckets (curate.ingest.buckets)."""
         cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.uint64)  # noqa: E731
-        return bucketed(cat(self.dup_keys), cat(self.pair_hi), cat(self.pair_lo), image_keys(self.image_ids))
+        return bucketed(cat(self.dup_keys), cat(self.pair_hi), cat(self.pair_lo), image_keys(self.image_ids), buckets)
 
 
 def image_keys(image_ids: list[str]) -> np.ndarray:

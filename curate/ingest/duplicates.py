@@ -16,11 +16,12 @@ each planned as tasks and run by the executor, finish the job:
 
 Why buckets rather than one merge on the driver: the driver held 24 bytes per row (2.4 GB at 100M
 rows, plus np.unique's copies) and did the whole merge alone. Now the first occurrence is found per
-bucket, in parallel, from rows that are 1/BUCKETS of the input. Why declared tables between passes 2
-and 3 rather than partials: they are checksummed by the manifest like any table (pass 3's
-fingerprint, ``prefcurate verify``), and they say, for anyone who asks, which pair each duplicate
-repeated. Why pass 3 finds rows by pair id and image key rather than by position: a rerun after a
-crash may meet a file already rewritten, and must then change nothing.
+bucket, in parallel, a bucket holding about a shard's worth of rows or 1/64 of the input
+(curate.ingest.buckets). Why declared tables between passes 2 and 3 rather than partials: they are
+checksummed by the manifest like any table (pass 3's fingerprint, ``prefcurate verify``), and they
+say, for anyone who asks, which pair each duplicate repeated. Why pass 3 finds rows by pair id and
+image key rather than by position: a rerun after a crash may meet a file already rewritten, and
+must then change nothing.
 
 Memory, at 100M pairs (5,000 shards of 20,000): a pass-2 task holds one bucket, 1/64 of the keys,
 at about 200 B per row at its peak (the shards' arrays, their concatenation, the sort; measured
@@ -45,7 +46,7 @@ import pyarrow.ipc as ipc
 from curate import ids
 from curate import schema as schemas
 from curate.dataset import Dataset, DatasetError, read_shard
-from curate.ingest.buckets import BUCKETS, images_key, pairs_key
+from curate.ingest.buckets import MAX_BUCKETS, bucket_count, images_key, pairs_key
 from curate.ingest.candidates import describe_row, image_keys
 from curate.ingest.reasons import Reason
 from curate.runner import ShardContext, Stage, read_partial
@@ -116,7 +117,7 @@ class _LaterPass(Stage):
     ingest: Stage
 
     def config(self) -> dict:
-        return {"ingest": {"version": self.ingest.version, "config": self.ingest.config()}, "buckets": BUCKETS}
+        return {"ingest": {"version": self.ingest.version, "config": self.ingest.config()}, "max_buckets": MAX_BUCKETS}
 
     def source_fingerprint(self) -> dict:
         return self.ingest.source_fingerprint()
@@ -132,7 +133,7 @@ class DuplicatesStage(_LaterPass):
 
     def plan(self, dataset: Dataset) -> list[dict]:
         shards = _first_pass_shards(dataset)
-        return [{"bucket": b, "shards": shards} for b in range(BUCKETS)]
+        return [{"bucket": b, "shards": shards} for b in range(bucket_count(shards))]
 
     def process(self, spec: dict, ctx: ShardContext):
         b = spec["bucket"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from curate import ids
 from curate.dataset import Dataset
 from curate.ingest import hpdv2, hpdv3, hub, pickapic, rapidata, table
+from curate.ingest.buckets import bucket_count
 from curate.ingest.candidates import ShardState, assemble
 from curate.ingest.pickapic import SourceError, one_line
 from curate.options import Format
@@ -85,7 +86,8 @@ class IngestStage(Stage):
             except OSError as exc:  # unreadable (permissions, a vanished file): the run stops, naming it
                 raise SourceError(f"{f}: cannot be read ({exc.strerror or one_line(exc)}); check the file's "
                                   f"permissions") from None
-        return specs
+        buckets = bucket_count(len(specs))  # every shard lays out its keys alike, for the duplicates pass
+        return [{**spec, "buckets": buckets} for spec in specs]
 
     def _plan_file(self, f: str, shard_rows: int | None = None) -> list[dict]:
         """The shard specs of one input file; a Hub file is one shard, planned when it has been fetched."""
@@ -119,7 +121,8 @@ class IngestStage(Stage):
         if spec.get("hub"):
             with hub.local_copy(spec["file"], self.hub_mirror) as local:
                 for local_spec in self._plan_file(str(local), shard_rows=sys.maxsize):
-                    yield from self._process_local({**local_spec, **{k: spec[k] for k in ("source", "split")}}, ctx)
+                    shared = {k: spec[k] for k in ("source", "split", "buckets")}
+                    yield from self._process_local({**local_spec, **shared}, ctx)
         else:
             yield from self._process_local(spec, ctx)
 
@@ -131,7 +134,7 @@ class IngestStage(Stage):
             yield from assemble(candidates, source=spec["source"], split=spec["split"], raw_row=raw_row,
                                 state=state, stats=ctx.stats)
         ctx.stats["records"] += _records_in(spec)
-        ctx.partial = state.partial()
+        ctx.partial = state.partial(spec["buckets"])
 
 
 def _records_in(spec: dict) -> int:
