@@ -117,13 +117,13 @@ def test_the_merge_is_planned_as_tasks_and_no_keys_reach_the_driver(tmp_path):
 
 
 class CrashInRewrite(LocalExecutor):
-    """Runs ingest and its duplicates pass, then dies after ``tasks`` tasks of the rewrite pass."""
+    """Runs the passes before ``stage`` whole, then dies after ``tasks`` tasks of ``stage``."""
 
-    def __init__(self, tasks: int):
-        self.tasks = tasks
+    def __init__(self, tasks: int, stage: str = "ingest_rewrite"):
+        self.tasks, self.stage = tasks, stage
 
     def map(self, fn, items, desc):
-        if not desc.startswith("ingest_rewrite"):
+        if not desc.startswith(f"{self.stage} "):
             return super().map(fn, items, desc)
         for item in items[: self.tasks]:
             fn(item)
@@ -148,6 +148,18 @@ def test_an_interrupted_rewrite_resumes_to_the_same_bytes(tmp_path, full):
     assert any("'ingest' that never committed" in p for p in problems), problems
     report = run_stage(stage(path), tmp_path / "ds", resume=True)
     assert report.passes[1].skipped_shards == 2
+    assert tables_bytes(tmp_path / "ds") == tables_bytes(done)
+    assert manifest(tmp_path / "ds")["stats"] == manifest(done)["stats"] == report.stats
+    assert_clean(tmp_path / "ds")
+
+
+def test_an_interrupted_duplicates_pass_resumes_to_the_same_bytes(tmp_path, full):
+    path, done = full
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(stage(path), tmp_path / "ds", CrashInRewrite(5, "ingest_duplicates"))
+    assert is_complete(stage(path), Dataset(tmp_path / "ds"))  # nothing of ingest's was replaced yet
+    report = run_stage(stage(path), tmp_path / "ds", resume=True)
+    assert report.skipped_shards == 12 and report.passes[0].skipped_shards == 5
     assert tables_bytes(tmp_path / "ds") == tables_bytes(done)
     assert manifest(tmp_path / "ds")["stats"] == manifest(done)["stats"] == report.stats
     assert_clean(tmp_path / "ds")
