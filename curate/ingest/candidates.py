@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from curate import ids
 from curate import schema as schemas
+from curate.ingest.buckets import bucketed
 from curate.ingest.images import inspect_image
 from curate.ingest.reasons import Reason, Rejected
 
@@ -42,10 +43,10 @@ class ShardState:
     image_ids: list[str] = field(default_factory=list)
     last_bytes: dict[str, list] = field(default_factory=dict)  # the current batch's decoded byte columns
 
-    def partial(self) -> dict:
+    def partial(self, buckets: int) -> dict:
+        """The shard's keys for the duplicates pass, in ``buckets`` hash buckets (curate.ingest.buckets)."""
         cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.uint64)  # noqa: E731
-        return {"dup_keys": cat(self.dup_keys), "pair_hi": cat(self.pair_hi), "pair_lo": cat(self.pair_lo),
-                "image_keys": image_keys(self.image_ids)}
+        return bucketed(cat(self.dup_keys), cat(self.pair_hi), cat(self.pair_lo), image_keys(self.image_ids), buckets)
 
 
 def image_keys(image_ids: list[str]) -> np.ndarray:

@@ -1,10 +1,11 @@
 """The ingest stage: raw files -> pairs, images (each distinct image once) and rejects.
 
 Shards are parts of input files (row groups, record ranges). Each shard checks its rows and writes
-its three tables; the global facts (a judgement already seen in an earlier shard, an image already
-stored by an earlier shard) are merged in ``finalize`` from small per-shard key arrays, and only the
-shards that hold such rows are rewritten. The first occurrence in input order always wins, so the
-result does not depend on the executor.
+its three tables, and leaves its keys (judgements, stored images) in hash buckets. The global facts
+(a judgement already seen in an earlier shard, an image already stored by an earlier shard) are
+found and applied by two later passes, planned as tasks like this one (curate.ingest.duplicates):
+``finalize`` merges nothing, so the driver's memory does not grow with the input. The first
+occurrence in input order always wins, so the result does not depend on the executor.
 """
 from __future__ import annotations
 
@@ -13,18 +14,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from curate import ids
-from curate.dataset import Dataset, read_shard
+from curate.dataset import Dataset
 from curate.ingest import hpdv2, hpdv3, hub, pickapic, rapidata, table
-from curate.ingest.candidates import ShardState, assemble, describe_row, image_keys
+from curate.ingest.buckets import bucket_count
+from curate.ingest.candidates import ShardState, assemble
 from curate.ingest.pickapic import SourceError, one_line
-from curate.ingest.reasons import Reason
 from curate.options import Format
-from curate.runner import ShardContext, Stage, commit_shard_file
+from curate.runner import ShardContext, Stage
 
 
 _SPLITS = ("validation_unique", "test_unique", "validation", "test", "train")
@@ -39,7 +36,11 @@ def split_of(path: Path, default: str | None) -> str:
 
 @dataclass
 class IngestStage(Stage):
-    """``files`` are local paths or ``hf://`` references (curate.ingest.hub), all of one layout ``format``."""
+    """``files`` are local paths or ``hf://`` references (curate.ingest.hub), all of one layout ``format``.
+
+    Memory: a task holds its shard (``shard_rows``); the driver, one record per shard, not per row
+    (at 100M rows: the duplicates pass's tasks ~300 MB each, the driver under ~60 MB; see
+    curate.ingest.duplicates)."""
 
     files: list[str]
     format: str
@@ -53,8 +54,14 @@ class IngestStage(Stage):
     hub_mirror: str | None = None  # where hf:// references are served from (not output-changing: not in config)
 
     name = "ingest"
-    version = 2
+    version = 3  # 3: partials in hash buckets, merged by the later passes (2: merged in finalize)
     outputs = {"pairs": "pairs", "images": "images", "rejects": "rejects"}
+    partials_to_driver = False  # the keys stay in runs/ingest/shards for the duplicates pass
+
+    def then(self) -> list[Stage]:
+        from curate.ingest.duplicates import DuplicatesStage, RewriteStage
+
+        return [DuplicatesStage(self), RewriteStage(self)]
 
     def config(self) -> dict:
         return {"files": [f if hub.is_ref(f) else os.path.abspath(f) for f in self.files], "format": self.format,
@@ -79,7 +86,8 @@ class IngestStage(Stage):
             except OSError as exc:  # unreadable (permissions, a vanished file): the run stops, naming it
                 raise SourceError(f"{f}: cannot be read ({exc.strerror or one_line(exc)}); check the file's "
                                   f"permissions") from None
-        return specs
+        buckets = bucket_count(len(specs))  # every shard lays out its keys alike, for the duplicates pass
+        return [{**spec, "buckets": buckets} for spec in specs]
 
     def _plan_file(self, f: str, shard_rows: int | None = None) -> list[dict]:
         """The shard specs of one input file; a Hub file is one shard, planned when it has been fetched."""
@@ -113,7 +121,8 @@ class IngestStage(Stage):
         if spec.get("hub"):
             with hub.local_copy(spec["file"], self.hub_mirror) as local:
                 for local_spec in self._plan_file(str(local), shard_rows=sys.maxsize):
-                    yield from self._process_local({**local_spec, **{k: spec[k] for k in ("source", "split")}}, ctx)
+                    shared = {k: spec[k] for k in ("source", "split", "buckets")}
+                    yield from self._process_local({**local_spec, **shared}, ctx)
         else:
             yield from self._process_local(spec, ctx)
 
@@ -125,12 +134,7 @@ class IngestStage(Stage):
             yield from assemble(candidates, source=spec["source"], split=spec["split"], raw_row=raw_row,
                                 state=state, stats=ctx.stats)
         ctx.stats["records"] += _records_in(spec)
-        ctx.partial = state.partial()
-
-    def finalize(self, dataset: Dataset, results, executor) -> dict[str, int]:
-        stats = _drop_duplicate_pairs(self, dataset, results)
-        _drop_images_stored_earlier(self, dataset, results)
-        return stats
+        ctx.partial = state.partial(spec["buckets"])
 
 
 def _records_in(spec: dict) -> int:
@@ -142,72 +146,3 @@ def _records_in(spec: dict) -> int:
 
     meta = pq.ParquetFile(spec["file"]).metadata
     return sum(meta.row_group(g).num_rows for g in spec["row_groups"])
-
-
-def _first_occurrence(keys_per_shard: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For keys laid out in shard order: (all keys, shard of each, whether it is the first occurrence)."""
-    keys = np.concatenate(keys_per_shard) if keys_per_shard else np.zeros(0, np.uint64)
-    shard = np.repeat(np.arange(len(keys_per_shard)), [len(k) for k in keys_per_shard])
-    first = np.zeros(len(keys), dtype=bool)
-    if len(keys):
-        _, first_index = np.unique(keys, return_index=True)
-        first[first_index] = True
-    return keys, shard, first
-
-
-def _drop_duplicate_pairs(stage: IngestStage, dataset: Dataset, results) -> dict[str, int]:
-    """Move every judgement seen earlier in input order from pairs to rejects (duplicate_row)."""
-    partials = [r.partial for r in results]
-    keys, shard, first = _first_occurrence([p["dup_keys"] for p in partials])
-    if first.all():
-        return {}
-    hi = np.concatenate([p["pair_hi"] for p in partials])
-    lo = np.concatenate([p["pair_lo"] for p in partials])
-    _, inverse = np.unique(keys, return_inverse=True)
-    first_pos = np.full(inverse.max() + 1, -1)
-    first_pos[inverse[first]] = np.flatnonzero(first)
-    dups = np.flatnonzero(~first)
-    originals = first_pos[inverse[dups]]  # where each duplicate's first occurrence sits
-    dup_ids = ids.hex_words(hi[dups], lo[dups]).to_pylist()
-    original_ids = ids.hex_words(hi[originals], lo[originals]).to_pylist()
-    for index in np.unique(shard[dups]):
-        mine = shard[dups] == index
-        drop = {d: o for d, o, m in zip(dup_ids, original_ids, mine) if m}
-        _move_pairs_to_rejects(stage, dataset, int(index), drop)
-    # The counts describe the final tables whether this ran now or in an earlier, interrupted finalize.
-    total = len(dups)
-    return {"accepted": -total, f"rejected:{Reason.DUPLICATE_ROW.value}": total}
-
-
-def _move_pairs_to_rejects(stage: IngestStage, dataset: Dataset, index: int, drop: dict[str, str]) -> int:
-    """Idempotent: the rejects file is written before the pairs file loses the rows."""
-    pairs_file = dataset.table_dir("pairs") / stage.shard_file("pairs", index)
-    dup_file = f"{stage.name}-{index:05d}-duplicates.arrow"
-    pairs = read_shard(pairs_file)
-    is_dup = pc.is_in(pairs["pair_id"], pa.array(list(drop)))
-    if not pc.any(is_dup).as_py():
-        return 0  # an earlier finalize already moved them
-    dups = pairs.filter(is_dup)
-    rejects = {"source": dups["source"], "source_row": dups["source_row"], "source_item": dups["source_item"],
-               "reason": pa.array([Reason.DUPLICATE_ROW.value] * dups.num_rows),
-               "message": pa.array([f"same judgement as pair {drop[p]} earlier in the input"
-                                    for p in dups["pair_id"].to_pylist()]),
-               "row": pa.array([describe_row(r) for r in dups.to_pylist()])}
-    from curate import schema as schemas
-
-    commit_shard_file(dataset, stage, index, "rejects", dup_file, [schemas.load("rejects").table(rejects)])
-    commit_shard_file(dataset, stage, index, "pairs", pairs_file.name, [pairs.filter(pc.invert(is_dup))])
-    return dups.num_rows
-
-
-def _drop_images_stored_earlier(stage: IngestStage, dataset: Dataset, results) -> None:
-    """Each distinct image is kept by the first shard (input order) that stored it."""
-    keys, shard, first = _first_occurrence([r.partial["image_keys"] for r in results])
-    for index in np.unique(shard[~first]):
-        redundant = keys[(shard == index) & ~first]
-        path = dataset.table_dir("images") / stage.shard_file("images", int(index))
-        images = read_shard(path)
-        keep = ~np.isin(image_keys(images["image_id"].to_pylist()), redundant)
-        if keep.all():
-            continue  # already rewritten by an earlier finalize
-        commit_shard_file(dataset, stage, int(index), "images", path.name, [images.filter(pa.array(keep))])
