@@ -23,7 +23,9 @@ from curate.dataset import TMP_DIR, Dataset, DatasetError, file_sha256
 
 CACHE = ".verified.json"
 _REBUILD = (
-    ("ingest", "prefcurate ingest SOURCES --format FORMAT --out {root}"), ("annotators", "prefcurate annotators {root}"),
+    ("ingest", "prefcurate ingest SOURCES --format FORMAT --out {root}"),
+    ("ingest_duplicates", "prefcurate ingest SOURCES --format FORMAT --out {root}"),
+    ("ingest_rewrite", "prefcurate ingest SOURCES --format FORMAT --out {root}"), ("annotators", "prefcurate annotators {root}"),
     ("flag", "prefcurate flag {root}"), ("filter", "prefcurate filter {root}"),
     ("embed-", "prefcurate embed {root} --model MODEL"), ("clip-scores-", "prefcurate embed {root} --model MODEL"),
     ("encode-", "prefcurate encode {root} --model MODEL"), ("scores-", "prefcurate scores import FILE -d {root}"),
@@ -56,7 +58,7 @@ def _ingest_command(ds: Dataset) -> str | None:
 
 def rebuild_command(ds: Dataset, stage: str) -> str:
     """The command that writes ``stage`` again, for error messages."""
-    if stage == "ingest" and (command := _ingest_command(ds)):
+    if stage.startswith("ingest") and (command := _ingest_command(ds)):  # ingest and its later passes
         return command
     for prefix, command in _REBUILD:
         if stage == prefix or (prefix.endswith("-") and stage.startswith(prefix)):
