@@ -44,15 +44,19 @@ def pair_id_words(source: str, source_rows, source_items) -> tuple[np.ndarray, n
 
 def hex_words(hi: np.ndarray, lo: np.ndarray):
     """32-character lowercase hex strings of two uint64 words, as an Arrow string array, without a Python loop."""
+    raw = np.empty((len(hi), 2), dtype=">u8")
+    raw[:, 0], raw[:, 1] = hi, lo
+    return _hex_rows(raw.view(np.uint8).reshape(len(hi), 16))
+
+
+def _hex_rows(raw: np.ndarray):
+    """Lowercase hex of each row of an (n, 16) uint8 array (big-endian digests), as an Arrow string array."""
     import pyarrow as pa
 
-    n = len(hi)
-    raw = np.empty((n, 2), dtype=">u8")
-    raw[:, 0], raw[:, 1] = hi, lo
-    nibbles = raw.view(np.uint8).reshape(n, 16)
+    n = len(raw)
     chars = np.empty((n, 32), dtype=np.uint8)
-    chars[:, 0::2] = _HEX[nibbles >> 4]
-    chars[:, 1::2] = _HEX[nibbles & 15]
+    chars[:, 0::2] = _HEX[raw >> 4]
+    chars[:, 1::2] = _HEX[raw & 15]
     offsets = np.arange(0, 32 * (n + 1), 32, dtype=np.int32)
     return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(chars.tobytes()))
 
@@ -85,25 +89,67 @@ def uid_image_id(uid: str) -> str:
     return xxhash.xxh3_128_hexdigest(b"uid:" + uid.encode())
 
 
-def _map_distinct(fn, strings):
-    """Apply ``fn`` to each distinct non-null string once; an Arrow string array, nulls kept."""
+def _xxh3_128_hex(keys: list[bytes]):
+    """``xxh3_128_hexdigest`` of each key, as an Arrow string array: the digests are joined in C and
+    turned to hex in numpy, so Python pays one call per key and builds no strings."""
+    digests = b"".join(map(xxhash.xxh3_128_digest, keys))  # canonical big-endian: its hex is the hexdigest
+    return _hex_rows(np.frombuffer(digests, dtype=np.uint8).reshape(len(keys), 16))
+
+
+def _utf8_keys(strings) -> np.ndarray:
+    """The UTF-8 bytes of each string of an Arrow string array (no nulls), as a numpy object array."""
+    import pyarrow as pa
+
+    return strings.cast(pa.binary()).to_numpy(zero_copy_only=False)
+
+
+def already_normal(strings) -> np.ndarray:
+    """Where ``normalize_prompt`` is the identity, decided without Python per string: printable ASCII
+    (NFC-invariant, and its only whitespace is the space) with no leading, trailing or double space.
+    Strings outside this (tabs, non-ASCII, ...) may still be normal; they just take the slow path."""
+    import pyarrow.compute as pc
+
+    odd = pc.or_(pc.or_(pc.starts_with(strings, " "), pc.ends_with(strings, " ")), pc.match_substring(strings, "  "))
+    return pc.and_not(pc.ascii_is_printable(strings), odd).to_numpy(zero_copy_only=False)
+
+
+def _prompt_hex(prompts) -> "pa.StringArray":
+    """prompt_id of each string of an Arrow string array (no nulls); Python normalises only the strings
+    that are not already normal."""
+    keys = _utf8_keys(prompts)
+    odd = np.flatnonzero(~already_normal(prompts))
+    if len(odd):
+        keys[odd] = [normalize_prompt(p).encode() for p in prompts.take(odd).to_pylist()]
+    return _xxh3_128_hex(keys.tolist())
+
+
+def _uid_hex(uids) -> "pa.StringArray":
+    """uid_image_id of each string of an Arrow string array (no nulls)."""
+    import pyarrow.compute as pc
+
+    return _xxh3_128_hex(_utf8_keys(pc.binary_join_element_wise("uid:", uids, "")).tolist())
+
+
+def _map_distinct(hex_of, strings):
+    """``hex_of`` (Arrow strings -> Arrow strings) over the distinct non-null strings, spread back to
+    every row; an Arrow string array, nulls kept."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     encoded = pc.dictionary_encode(pa.array(strings, pa.string()) if isinstance(strings, list) else strings)
     if isinstance(encoded, pa.ChunkedArray):
         encoded = encoded.combine_chunks()
-    return pa.array([fn(s) for s in encoded.dictionary.to_pylist()], pa.string()).take(encoded.indices)
+    return hex_of(encoded.dictionary).take(encoded.indices)
 
 
 def prompt_ids(prompts):
     """prompt_id of each prompt in an Arrow array (or list), hashing each distinct prompt once."""
-    return _map_distinct(prompt_id, prompts)
+    return _map_distinct(_prompt_hex, prompts)
 
 
 def uid_image_ids(uids):
     """uid_image_id of each uid in an Arrow array (or list); null uids stay null."""
-    return _map_distinct(uid_image_id, uids)
+    return _map_distinct(_uid_hex, uids)
 
 
 def source_name(fmt: str, file_name: str) -> str:
