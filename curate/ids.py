@@ -21,7 +21,8 @@ def image_id(data: bytes) -> str:
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+# The two hex characters of each byte value, as one 2-byte unit: one lookup per byte of a digest.
+_HEX_PAIRS = np.frombuffer(b"".join(b"%02x" % i for i in range(256)), dtype=np.uint16)
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -54,11 +55,9 @@ def _hex_rows(raw: np.ndarray):
     import pyarrow as pa
 
     n = len(raw)
-    chars = np.empty((n, 32), dtype=np.uint8)
-    chars[:, 0::2] = _HEX[raw >> 4]
-    chars[:, 1::2] = _HEX[raw & 15]
+    chars = np.ascontiguousarray(_HEX_PAIRS[raw])
     offsets = np.arange(0, 32 * (n + 1), 32, dtype=np.int32)
-    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(chars.tobytes()))
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(chars))
 
 
 def pair_ids(source: str, source_rows, source_items):
@@ -103,14 +102,39 @@ def _utf8_keys(strings) -> np.ndarray:
     return strings.cast(pa.binary()).to_numpy(zero_copy_only=False)
 
 
-def already_normal(strings) -> np.ndarray:
-    """Where ``normalize_prompt`` is the identity, decided without Python per string: printable ASCII
-    (NFC-invariant, and its only whitespace is the space) with no leading, trailing or double space.
-    Strings outside this (tabs, non-ASCII, ...) may still be normal; they just take the slow path."""
-    import pyarrow.compute as pc
+def _string_array(strings):
+    """One Arrow ``string`` array from a list, an array or a chunked array of any string type
+    (polars hands over large or view strings)."""
+    import pyarrow as pa
 
-    odd = pc.or_(pc.or_(pc.starts_with(strings, " "), pc.ends_with(strings, " ")), pc.match_substring(strings, "  "))
-    return pc.and_not(pc.ascii_is_printable(strings), odd).to_numpy(zero_copy_only=False)
+    if isinstance(strings, list):
+        return pa.array(strings, pa.string())
+    if isinstance(strings, pa.ChunkedArray):
+        strings = strings.combine_chunks()
+    return strings if strings.type == pa.string() else strings.cast(pa.string())
+
+
+def already_normal(strings) -> np.ndarray:
+    """Where ``normalize_prompt`` is the identity, decided on the UTF-8 bytes in numpy (no Python per
+    string): printable ASCII (NFC-invariant, and its only whitespace is the space) with no leading,
+    trailing or double space. ``strings``: an Arrow string array without nulls. Strings outside this
+    (tabs, non-ASCII, ...) may still be normal; they only take the slow path."""
+    n = len(strings)
+    if n == 0:  # an empty array may have no offsets buffer at all
+        return np.zeros(0, dtype=bool)
+    _, offsets_buffer, data_buffer = strings.buffers()
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int32)[strings.offset:strings.offset + n + 1]
+    data = np.frombuffer(data_buffer, dtype=np.uint8)[offsets[0]:offsets[-1]] if data_buffer else np.zeros(0, np.uint8)
+    offsets = offsets - offsets[0]
+    space = data == 0x20
+    bad = (data < 0x20) | (data > 0x7E)
+    # A double space that straddles two strings flags one that ends in a space: flagged anyway.
+    bad[:-1] |= space[:-1] & space[1:]
+    flagged = np.zeros(n, dtype=bool)
+    flagged[np.searchsorted(offsets, np.flatnonzero(bad), side="right") - 1] = True
+    nonempty = offsets[1:] > offsets[:-1]
+    flagged[nonempty] |= space[offsets[:-1][nonempty]] | space[offsets[1:][nonempty] - 1]
+    return ~flagged
 
 
 def _prompt_hex(prompts) -> "pa.StringArray":
@@ -130,26 +154,25 @@ def _uid_hex(uids) -> "pa.StringArray":
     return _xxh3_128_hex(_utf8_keys(pc.binary_join_element_wise("uid:", uids, "")).tolist())
 
 
-def _map_distinct(hex_of, strings):
-    """``hex_of`` (Arrow strings -> Arrow strings) over the distinct non-null strings, spread back to
-    every row; an Arrow string array, nulls kept."""
-    import pyarrow as pa
+def prompt_ids(prompts):
+    """prompt_id of each prompt in an Arrow array (or list), hashing each distinct prompt once; nulls stay null."""
     import pyarrow.compute as pc
 
-    encoded = pc.dictionary_encode(pa.array(strings, pa.string()) if isinstance(strings, list) else strings)
-    if isinstance(encoded, pa.ChunkedArray):
-        encoded = encoded.combine_chunks()
-    return hex_of(encoded.dictionary).take(encoded.indices)
-
-
-def prompt_ids(prompts):
-    """prompt_id of each prompt in an Arrow array (or list), hashing each distinct prompt once."""
-    return _map_distinct(_prompt_hex, prompts)
+    encoded = pc.dictionary_encode(_string_array(prompts))
+    return _prompt_hex(encoded.dictionary).take(encoded.indices)
 
 
 def uid_image_ids(uids):
-    """uid_image_id of each uid in an Arrow array (or list); null uids stay null."""
-    return _map_distinct(_uid_hex, uids)
+    """uid_image_id of each uid in an Arrow array (or list); null uids stay null. Every value is hashed:
+    uids barely repeat within a batch, so finding the distinct ones would cost more than it saves."""
+    import pyarrow as pa
+
+    uids = _string_array(uids)
+    hexes = _uid_hex(uids.drop_null())
+    if not uids.null_count:
+        return hexes
+    valid = uids.is_valid().to_numpy(zero_copy_only=False)
+    return hexes.take(pa.array(np.cumsum(valid) - 1, mask=~valid))
 
 
 def source_name(fmt: str, file_name: str) -> str:

@@ -69,3 +69,11 @@ def test_already_normal_never_claims_a_string_that_normalising_changes():
         if normal:
             assert ids.normalize_prompt(s) == s, repr(s)
     assert dict(zip(strings, claimed))["a b"] and not dict(zip(strings, claimed))["x\ty"]
+
+
+def test_already_normal_reads_a_slice_of_an_array_at_its_own_offset():
+    strings = pa.array(["a  b", " x", "fine", "tab\tx", "ok too", "", "end "], pa.string())
+    assert ids.already_normal(strings.slice(2, 4)).tolist() == [True, False, True, True]
+    assert ids.already_normal(strings.slice(0, 0)).tolist() == []
+    assert ids.prompt_ids([None]).to_pylist() == [None]
+    assert ids.prompt_ids(pa.array(["a b"], pa.large_string())).to_pylist() == [xxh3(b"a b")]
