@@ -103,11 +103,11 @@ def _utf8_keys(strings) -> np.ndarray:
 
 
 def _string_array(strings):
-    """One Arrow ``string`` array from a list, an array or a chunked array of any string type
-    (polars hands over large or view strings)."""
+    """One Arrow ``string`` array from a list or numpy array of str, or an Arrow array or chunked array
+    of any string type (polars hands over large or view strings)."""
     import pyarrow as pa
 
-    if isinstance(strings, list):
+    if not isinstance(strings, (pa.Array, pa.ChunkedArray)):
         return pa.array(strings, pa.string())
     if isinstance(strings, pa.ChunkedArray):
         strings = strings.combine_chunks()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import xxhash
@@ -60,6 +61,7 @@ def test_vectorised_uid_image_ids_match_xxhash_with_repeats_and_nulls():
     expected = [None if u is None else xxh3(b"uid:" + u.encode()) for u in uids]
     assert ids.uid_image_ids(pa.array(uids, pa.string())).to_pylist() == expected
     assert ids.uid_image_ids([None, None]).to_pylist() == [None, None]
+    assert ids.uid_image_ids(np.array(uids[:2])).to_pylist() == expected[:2]
 
 
 def test_already_normal_never_claims_a_string_that_normalising_changes():
