@@ -126,17 +126,54 @@ def plan(path: Path, shard_rows: int) -> list[dict]:
     return specs
 
 
+# What ``candidates`` reads; the other columns (URLs, ranking ids, ...) only appear in a rejected row's
+# JSON, so they are decoded only for a row group that has a rejected row.
+USED = (*REQUIRED, "has_label", "are_different", "jpg_0", "jpg_1", "image_0_uid", "image_1_uid", "user_id",
+        "model_0", "model_1", "created_at")
+
+
 def read(spec: dict, batch_rows: int, allow_network: bool = False):
     """Yield (candidates, raw_row) per batch of the shard's row groups."""
     parquet = check_file(Path(spec["file"]))
-    fetch = allow_network and not {"jpg_0", "jpg_1"} & set(parquet.schema_arrow.names) and \
-        {"image_0_url", "image_1_url"} <= set(parquet.schema_arrow.names)
+    names = parquet.schema_arrow.names
+    fetch = allow_network and not {"jpg_0", "jpg_1"} & set(names) and {"image_0_url", "image_1_url"} <= set(names)
+    used = [n for n in names if n in USED or (fetch and n in ("image_0_url", "image_1_url"))]
     first = spec["first_row"]
     for group in spec["row_groups"]:
-        for batch in _group_batches(parquet, group, batch_rows, spec["file"]):
+        rest = _RestOfGroup(parquet, group, [n for n in names if n not in used], spec["file"])
+        start = 0
+        for batch in _group_batches(parquet, group, batch_rows, spec["file"], used):
             cand = candidates(batch, first)
-            yield (fetch_images(cand, batch) if fetch else cand), (lambda i, raw=batch: raw.slice(i, 1).to_pylist()[0])
+            raw_row = (lambda i, raw=batch, at=start: rest.row(raw, at, i, names))
+            yield (fetch_images(cand, batch) if fetch else cand), raw_row
             first += batch.num_rows
+            start += batch.num_rows
+
+
+class _RestOfGroup:
+    """The columns of a row group that ``candidates`` does not read, decoded on the first rejected row."""
+
+    def __init__(self, parquet: pq.ParquetFile, group: int, columns: list[str], path: str):
+        self.parquet, self.group, self.columns, self.path = parquet, group, columns, path
+        self._table: pa.Table | None = None
+
+    def row(self, batch: pa.RecordBatch, start: int, i: int, names: list[str]) -> dict:
+        """Row ``i`` of ``batch`` (which starts at row ``start`` of the group) with every column, in file order."""
+        values = batch.slice(i, 1).to_pylist()[0]
+        if self.columns:
+            if self._table is None:
+                self._table = _read_group(self.path, self.parquet, self.group, self.columns)
+            values.update(self._table.slice(start + i, 1).to_pylist()[0])
+        return {name: values[name] for name in names}
+
+
+def _read_group(path: str, parquet: pq.ParquetFile, group: int, columns: list[str]) -> pa.Table:
+    """``columns`` of one row group, through a reader of its own: the shared one's batch size belongs to
+    the batches being read (setting it here would regroup them)."""
+    try:
+        return pq.ParquetFile(path).read_row_group(group, columns=columns)
+    except (OSError, pa.ArrowException) as exc:
+        raise _damaged(parquet, group, path, exc) from None
 
 
 def fetch_images(cand: pa.Table, batch: pa.RecordBatch) -> pa.Table:
@@ -156,12 +193,16 @@ def fetch_images(cand: pa.Table, batch: pa.RecordBatch) -> pa.Table:
     return cand.set_column(cand.schema.get_field_index("message"), "message", pa.array(messages, pa.string()))
 
 
-def _group_batches(parquet: pq.ParquetFile, group: int, batch_rows: int, path: str):
-    """The row group's batches; a group that cannot be decoded is fatal, named with its first byte."""
+def _group_batches(parquet: pq.ParquetFile, group: int, batch_rows: int, path: str, columns: list[str]):
+    """The row group's batches of ``columns``; a group that cannot be decoded is fatal, named with its first byte."""
     try:
-        yield from parquet.iter_batches(batch_size=batch_rows, row_groups=[group])
+        yield from parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns)
     except (OSError, pa.ArrowException) as exc:
-        start = min(c.data_page_offset for c in map(parquet.metadata.row_group(group).column,
-                                                     range(parquet.metadata.num_columns)))
-        raise SourceError(f"{path}: row group {group} (from byte {start}) cannot be decoded ({one_line(exc)}); "
-                          f"the file is damaged: get it again") from None
+        raise _damaged(parquet, group, path, exc) from None
+
+
+def _damaged(parquet: pq.ParquetFile, group: int, path: str, exc: BaseException) -> SourceError:
+    start = min(c.data_page_offset for c in map(parquet.metadata.row_group(group).column,
+                                                 range(parquet.metadata.num_columns)))
+    return SourceError(f"{path}: row group {group} (from byte {start}) cannot be decoded ({one_line(exc)}); "
+                       f"the file is damaged: get it again")
