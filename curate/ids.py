@@ -109,8 +109,8 @@ def _string_array(strings):
 
     if not isinstance(strings, (pa.Array, pa.ChunkedArray)):
         return pa.array(strings, pa.string())
-    if isinstance(strings, pa.ChunkedArray):
-        strings = strings.combine_chunks()
+    if isinstance(strings, pa.ChunkedArray):  # a table's column: usually one chunk, taken without a copy
+        strings = strings.chunk(0) if strings.num_chunks == 1 else strings.combine_chunks()
     return strings if strings.type == pa.string() else strings.cast(pa.string())
 
 

@@ -121,7 +121,8 @@ def assemble(cand: pa.Table, *, source: str, split: str, raw_row: Callable[[int]
 
     if accepted.any():
         keep = np.flatnonzero(accepted)
-        yield "pairs", _pairs_table(cand.take(pa.array(keep)), id_a.take(keep), id_b.take(keep), source, split, state)
+        kept = (cand, id_a, id_b) if len(keep) == n else (cand.take(pa.array(keep)), id_a.take(keep), id_b.take(keep))
+        yield "pairs", _pairs_table(*kept, source, split, state)
         images = _new_images(keep, id_a, id_b, state)
         if images is not None:
             yield "images", images

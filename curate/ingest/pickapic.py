@@ -47,54 +47,69 @@ def check_file(path: Path) -> pq.ParquetFile:
     return parquet
 
 
-def _where(mask: np.ndarray, reasons: np.ndarray, code: str, messages: np.ndarray, message: str) -> None:
-    """Set ``code`` on rows in ``mask`` that have no reason yet (the first failed check wins)."""
-    hit = mask & (reasons == None)  # noqa: E711 (numpy object comparison)
-    reasons[hit] = code
-    messages[hit] = message
+class _Reasons:
+    """The first failed check of each row of a batch: its reason code and message (None while it passes)."""
+
+    def __init__(self, n: int):
+        self.codes = np.full(n, None, dtype=object)
+        self.messages = np.full(n, None, dtype=object)
+        self._free = np.ones(n, dtype=bool)  # rows without a reason yet, kept so no check compares objects
+
+    def add(self, mask: np.ndarray, code: str, message: str) -> None:
+        """Give ``code`` to rows in ``mask`` that have no reason yet: the first failed check wins."""
+        hit = mask & self._free
+        if hit.any():
+            self.codes[hit] = code
+            self.messages[hit] = message
+            self._free &= ~hit
+
+
+_LABELS = pa.array(["a", "b", "tie"], pa.string())
+
+
+def _labels(a: np.ndarray, b: np.ndarray) -> pa.Array:
+    """label_0/label_1 as a, b or tie; null for any other pair of values."""
+    code = np.select([(a == 1) & (b == 0), (a == 0) & (b == 1), (a == 0.5) & (b == 0.5)], [0, 1, 2], -1)
+    return _LABELS.take(pa.array(code, mask=code < 0))
 
 
 def candidates(batch: pa.RecordBatch, first_row: int) -> pa.Table:
     n = batch.num_rows
     cols = set(batch.schema.names)
     col = batch.column
-    reasons = np.full(n, None, dtype=object)
-    messages = np.full(n, None, dtype=object)
+    reasons = _Reasons(n)
 
     l0, bad0 = coerce(col("label_0"), pa.float64())
     l1, bad1 = coerce(col("label_1"), pa.float64())
-    _where(bad0 | bad1, reasons, Reason.BAD_TYPE.value, messages, "label_0/label_1 are not numbers")
+    reasons.add(bad0 | bad1, Reason.BAD_TYPE.value, "label_0/label_1 are not numbers")
     if "has_label" in cols:
         has_label, bad = coerce(col("has_label"), pa.bool_())
-        _where(bad, reasons, Reason.BAD_TYPE.value, messages, "has_label is not a boolean")
-        _where(~pc.fill_null(has_label, True).to_numpy(zero_copy_only=False), reasons, Reason.NO_LABEL.value,
-               messages, "has_label is false: the source row has no judgement")
+        reasons.add(bad, Reason.BAD_TYPE.value, "has_label is not a boolean")
+        reasons.add(~pc.fill_null(has_label, True).to_numpy(zero_copy_only=False), Reason.NO_LABEL.value,
+                    "has_label is false: the source row has no judgement")
     a = l0.to_numpy(zero_copy_only=False).astype(float)
     b = l1.to_numpy(zero_copy_only=False).astype(float)
-    _where(np.isnan(a) | np.isnan(b), reasons, Reason.MISSING_LABEL.value, messages, "label_0/label_1 missing")
-    label = np.full(n, None, dtype=object)
-    label[(a == 1) & (b == 0)] = "a"
-    label[(a == 0) & (b == 1)] = "b"
-    label[(a == 0.5) & (b == 0.5)] = "tie"
-    _where(label == None, reasons, Reason.UNPARSEABLE_LABEL.value, messages,  # noqa: E711
-           "label_0/label_1 must be 1/0, 0/1 or 0.5/0.5")
+    reasons.add(np.isnan(a) | np.isnan(b), Reason.MISSING_LABEL.value, "label_0/label_1 missing")
+    label = _labels(a, b)
+    reasons.add(label.is_null().to_numpy(zero_copy_only=False), Reason.UNPARSEABLE_LABEL.value,
+                "label_0/label_1 must be 1/0, 0/1 or 0.5/0.5")
     if "are_different" in cols:
         different, _ = coerce(col("are_different"), pa.bool_())
-        _where(~pc.fill_null(different, True).to_numpy(zero_copy_only=False), reasons,
-               Reason.IDENTICAL_IMAGES.value, messages, "the source marks the two images as the same (are_different false)")
+        reasons.add(~pc.fill_null(different, True).to_numpy(zero_copy_only=False), Reason.IDENTICAL_IMAGES.value,
+                    "the source marks the two images as the same (are_different false)")
 
     def optional(name: str, typ: pa.DataType) -> pa.Array:
         if name not in cols:
             return pa.nulls(n, typ)
         values, bad = coerce(col(name), typ)
-        _where(bad, reasons, Reason.BAD_TYPE.value, messages, f"{name} has the wrong type")
+        reasons.add(bad, Reason.BAD_TYPE.value, f"{name} has the wrong type")
         return values
 
     images = [optional(name, pa.binary()) for name in ("jpg_0", "jpg_1")]
     for name, column in zip(("jpg_0", "jpg_1"), images):
         if name in cols:
-            _where(column.is_null().to_numpy(zero_copy_only=False), reasons, Reason.MISSING_IMAGE.value, messages,
-                   f"{name} is null: the file carries image bytes, but not for this row")
+            reasons.add(column.is_null().to_numpy(zero_copy_only=False), Reason.MISSING_IMAGE.value,
+                        f"{name} is null: the file carries image bytes, but not for this row")
     created = optional("created_at", pa.timestamp("us"))
     if created.type.tz is None:
         created = pc.assume_timezone(created, "UTC")
@@ -103,9 +118,9 @@ def candidates(batch: pa.RecordBatch, first_row: int) -> pa.Table:
         pa.array(np.arange(first_row, first_row + n, dtype=np.int64)), pa.array(np.zeros(n, np.int32)),
         prompt, *images,
         optional("image_0_uid", pa.string()), optional("image_1_uid", pa.string()),
-        pa.array(label, pa.string()), optional("user_id", pa.string()), pa.nulls(n, pa.float64()), pa.nulls(n, pa.int32()),
+        label, optional("user_id", pa.string()), pa.nulls(n, pa.float64()), pa.nulls(n, pa.int32()),
         pa.nulls(n, pa.int32()), optional("model_0", pa.string()), optional("model_1", pa.string()),
-        created, pa.array(reasons, pa.string()), pa.array(messages, pa.string()),
+        created, pa.array(reasons.codes, pa.string()), pa.array(reasons.messages, pa.string()),
         pa.array(np.arange(n, dtype=np.int64)),
     ], schema=CANDIDATE_SCHEMA)
 
