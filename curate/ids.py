@@ -21,8 +21,12 @@ def image_id(data: bytes) -> str:
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-# The two hex characters of each byte value, as one 2-byte unit: one lookup per byte of a digest.
+# The hex characters of each 16-bit value, as one 4-byte unit: one lookup per two bytes of a digest
+# (built from the 256 two-character pairs, so the bytes land in order whatever the machine's endianness).
 _HEX_PAIRS = np.frombuffer(b"".join(b"%02x" % i for i in range(256)), dtype=np.uint16)
+_HEX_QUADS = np.empty((256, 256, 2), dtype=np.uint16)
+_HEX_QUADS[:, :, 0], _HEX_QUADS[:, :, 1] = _HEX_PAIRS[:, None], _HEX_PAIRS[None, :]
+_HEX_QUADS = _HEX_QUADS.reshape(-1).view(np.uint32)
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -55,7 +59,7 @@ def _hex_rows(raw: np.ndarray):
     import pyarrow as pa
 
     n = len(raw)
-    chars = np.ascontiguousarray(_HEX_PAIRS[raw])
+    chars = _HEX_QUADS[np.ascontiguousarray(raw).view(">u2")]
     offsets = np.arange(0, 32 * (n + 1), 32, dtype=np.int32)
     return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(chars))
 
