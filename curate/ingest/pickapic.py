@@ -111,8 +111,8 @@ def candidates(batch: pa.RecordBatch, first_row: int) -> pa.Table:
             reasons.add(column.is_null().to_numpy(zero_copy_only=False), Reason.MISSING_IMAGE.value,
                         f"{name} is null: the file carries image bytes, but not for this row")
     created = optional("created_at", pa.timestamp("us"))
-    if created.type.tz is None:
-        created = pc.assume_timezone(created, "UTC")
+    if created.type.tz is None:  # naive times are UTC; the values stay, so relabelling them is enough
+        created = created.view(pa.timestamp(created.type.unit, tz="UTC"))
     prompt = optional("caption", pa.string())
     return pa.Table.from_arrays([
         pa.array(np.arange(first_row, first_row + n, dtype=np.int64)), pa.array(np.zeros(n, np.int32)),
