@@ -79,3 +79,17 @@ def test_already_normal_reads_a_slice_of_an_array_at_its_own_offset():
     assert ids.already_normal(strings.slice(0, 0)).tolist() == []
     assert ids.prompt_ids([None]).to_pylist() == [None]
     assert ids.prompt_ids(pa.array(["a b"], pa.large_string())).to_pylist() == [xxh3(b"a b")]
+
+
+def test_vectorised_ids_match_xxhash_at_every_length():
+    # XXH3 switches algorithm at 16, 128 and 240 bytes: a faster path must agree on every side of them
+    rng = np.random.default_rng(0)
+    lengths = [*range(0, 300), *rng.integers(0, 300, 2000).tolist()]
+    alphabet = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz0123456789-", dtype=np.uint8)
+    words = [bytes(alphabet[rng.integers(0, len(alphabet), n)]).decode() for n in lengths]
+    uids = pa.array(words, pa.string()).slice(3)  # a slice: offsets that do not start at zero
+    assert ids.uid_image_ids(uids).to_pylist() == [xxh3(b"uid:" + w.encode()) for w in words[3:]]
+    prompts = [w.replace("-", " ").strip() or "x" for w in words]  # already normal unless a double space
+    assert ids.prompt_ids(prompts).to_pylist() == [xxh3(ids.normalize_prompt(p).encode()) for p in prompts]
+    unicode = [w[: len(w) // 2] + "\u00e9\u3000" + w[len(w) // 2:] for w in words[:400]]
+    assert ids.prompt_ids(unicode).to_pylist() == [xxh3(ids.normalize_prompt(u).encode()) for u in unicode]
