@@ -145,7 +145,8 @@ def _pairs_table(cand: pa.Table, id_a: pa.Array, id_b: pa.Array, source: str, sp
         "votes_a": cand["votes_a"],
         "votes_b": cand["votes_b"], "model_a": cand["model_a"], "model_b": cand["model_b"],
         "created_at": cand["created_at"], "source": pa.repeat(pa.scalar(source, pa.string()), n),
-        "source_row": cand["source_row"], "source_item": cand["source_item"], "split": pa.repeat(pa.scalar(split, pa.string()), n),
+        "source_row": cand["source_row"], "source_item": cand["source_item"],
+        "split": pa.repeat(pa.scalar(split, pa.string()), n),
     })
     # The same judgement (prompt, both images, label, annotator, votes, time) seen twice is a duplicate row;
     # the keys are only compared within this run, so polars' (version-dependent) row hash is fine here.
