@@ -64,13 +64,11 @@ class _Reasons:
             self._free &= ~hit
 
 
-_LABELS = pa.array(["a", "b", "tie"], pa.string())
-
-
 def _labels(a: np.ndarray, b: np.ndarray) -> pa.Array:
     """label_0/label_1 as a, b or tie; null for any other pair of values."""
     code = np.select([(a == 1) & (b == 0), (a == 0) & (b == 1), (a == 0.5) & (b == 0.5)], [0, 1, 2], -1)
-    return _LABELS.take(pa.array(code, mask=code < 0))
+    # Built here, not at import: pyarrow's first array from Python imports pandas (half a second at start-up).
+    return pa.array(["a", "b", "tie"], pa.string()).take(pa.array(code, mask=code < 0))
 
 
 def candidates(batch: pa.RecordBatch, first_row: int) -> pa.Table:
