@@ -69,12 +69,14 @@ def _check_bytes(data: bytes, state: ShardState) -> str:
     return image_id
 
 
-def _image_ids(cand: pa.Table, side: str, reasons: np.ndarray, messages: np.ndarray, state: ShardState) -> np.ndarray:
-    """Ids of one side's images; rows whose image fails a check get its reason (if they had none)."""
-    result = ids.uid_image_ids(cand[f"uid_{side}"]).to_numpy(zero_copy_only=False).astype(object)
+def _image_ids(cand: pa.Table, side: str, reasons: np.ndarray, messages: np.ndarray, state: ShardState) -> pa.Array:
+    """Ids of one side's images (an Arrow string array); rows whose image fails a check get its reason
+    (if they had none)."""
+    uid_ids = ids.uid_image_ids(cand[f"uid_{side}"])
     data = cand[f"bytes_{side}"]
     if data.null_count == len(data):
-        return result
+        return uid_ids
+    result = uid_ids.to_numpy(zero_copy_only=False).astype(object)
     values = data.to_pylist()
     for i in np.flatnonzero(reasons == None):  # noqa: E711 (numpy object comparison)
         if values[i] is None:
@@ -84,7 +86,7 @@ def _image_ids(cand: pa.Table, side: str, reasons: np.ndarray, messages: np.ndar
         except Rejected as exc:
             reasons[i], messages[i] = exc.reason.value, exc.message
     state.last_bytes[side] = values
-    return result
+    return pa.array(result, pa.string())
 
 
 def _reject(mask: np.ndarray, reasons: np.ndarray, messages: np.ndarray, reason: Reason, message) -> None:
@@ -105,12 +107,12 @@ def assemble(cand: pa.Table, *, source: str, split: str, raw_row: Callable[[int]
     state.last_bytes = {}
     id_a = _image_ids(cand, "a", reasons, messages, state)
     id_b = _image_ids(cand, "b", reasons, messages, state)
-    _reject((id_a == None) | (id_b == None), reasons, messages, Reason.BAD_TYPE,  # noqa: E711
-            "row has neither image bytes nor an image uid")
-    same = id_a == id_b
+    _reject(pc.or_(id_a.is_null(), id_b.is_null()).to_numpy(zero_copy_only=False), reasons, messages,
+            Reason.BAD_TYPE, "row has neither image bytes nor an image uid")
+    same = pc.fill_null(pc.equal(id_a, id_b), False).to_numpy(zero_copy_only=False)
     _reject(same, reasons, messages, Reason.IDENTICAL_IMAGES,
-            np.array([f"both images are the same image ({i}): no preference signal" for i in id_a], dtype=object)
-            if same.any() else "")
+            pc.binary_join_element_wise("both images are the same image (", id_a, "): no preference signal", "")
+            .to_numpy(zero_copy_only=False) if same.any() else "")
     accepted = reasons == None  # noqa: E711
     stats["items"] += n
     stats["accepted"] += int(accepted.sum())
@@ -120,7 +122,8 @@ def assemble(cand: pa.Table, *, source: str, split: str, raw_row: Callable[[int]
 
     if accepted.any():
         keep = np.flatnonzero(accepted)
-        yield "pairs", _pairs_table(cand.take(pa.array(keep)), id_a[keep], id_b[keep], source, split, state)
+        kept = (cand, id_a, id_b) if len(keep) == n else (cand.take(pa.array(keep)), id_a.take(keep), id_b.take(keep))
+        yield "pairs", _pairs_table(*kept, source, split, state)
         images = _new_images(keep, id_a, id_b, state)
         if images is not None:
             yield "images", images
@@ -128,7 +131,7 @@ def assemble(cand: pa.Table, *, source: str, split: str, raw_row: Callable[[int]
         yield "rejects", _rejects_table(cand, reasons, messages, ~accepted, source, raw_row)
 
 
-def _pairs_table(cand: pa.Table, id_a: list[str], id_b: list[str], source: str, split: str,
+def _pairs_table(cand: pa.Table, id_a: pa.Array, id_b: pa.Array, source: str, split: str,
                  state: ShardState) -> pa.Table:
     import polars as pl
 
@@ -138,12 +141,13 @@ def _pairs_table(cand: pa.Table, id_a: list[str], id_b: list[str], source: str, 
     n = cand.num_rows
     table = schemas.load("pairs").table({
         "pair_id": ids.hex_words(hi, lo), "prompt": cand["prompt"], "prompt_id": ids.prompt_ids(cand["prompt"]),
-        "image_a_id": pa.array(id_a.tolist(), pa.string()), "image_b_id": pa.array(id_b.tolist(), pa.string()),
+        "image_a_id": id_a, "image_b_id": id_b,
         "label": cand["label"], "annotator_id": cand["annotator_id"], "annotator_trust": cand["annotator_trust"],
         "votes_a": cand["votes_a"],
         "votes_b": cand["votes_b"], "model_a": cand["model_a"], "model_b": cand["model_b"],
-        "created_at": cand["created_at"], "source": pa.array([source] * n, pa.string()),
-        "source_row": cand["source_row"], "source_item": cand["source_item"], "split": pa.array([split] * n, pa.string()),
+        "created_at": cand["created_at"], "source": pa.repeat(pa.scalar(source, pa.string()), n),
+        "source_row": cand["source_row"], "source_item": cand["source_item"],
+        "split": pa.repeat(pa.scalar(split, pa.string()), n),
     })
     # The same judgement (prompt, both images, label, annotator, votes, time) seen twice is a duplicate row;
     # the keys are only compared within this run, so polars' (version-dependent) row hash is fine here.
@@ -154,12 +158,13 @@ def _pairs_table(cand: pa.Table, id_a: list[str], id_b: list[str], source: str, 
     return table
 
 
-def _new_images(keep: np.ndarray, id_a, id_b, state: ShardState) -> pa.Table | None:
+def _new_images(keep: np.ndarray, id_a: pa.Array, id_b: pa.Array, state: ShardState) -> pa.Table | None:
     """Images of accepted pairs that this shard has not written yet (sources with bytes only)."""
     rows: dict[str, list] = {"image_id": [], "bytes": [], "format": [], "width": [], "height": []}
     bytes_a, bytes_b = state.last_bytes.get("a"), state.last_bytes.get("b")
     if bytes_a is None and bytes_b is None:
         return None
+    id_a, id_b = id_a.to_pylist(), id_b.to_pylist()
     for i in keep:
         for image_id, data in ((id_a[i], bytes_a and bytes_a[i]), (id_b[i], bytes_b and bytes_b[i])):
             if data is None or image_id in state.emitted:
