@@ -102,9 +102,10 @@ class DaskExecutor(Executor):
                                          dashboard_address=dashboard_address() if dashboard else None)
             self.client = Client(self._cluster)
         self.dashboard = _dashboard_link(self.client) if dashboard else None
-        # One warm-up task per worker, not awaited: the driver plans meanwhile (kept, or Dask cancels them).
-        self._warming = [self.client.submit(warm_imports, workers=[w], pure=False, key=f"warm-imports-{i}")
-                         for i, w in enumerate(self.client.scheduler_info()["workers"])]
+        # Workers import what the data stages' tasks need once, as part of starting (counted there),
+        # instead of inside the first task of each stage.
+        self.client.gather([self.client.submit(warm_imports, workers=[w], pure=False, key=f"warm-imports-{i}")
+                            for i, w in enumerate(self.client.scheduler_info()["workers"])])
 
     def map(self, fn, items, desc):
         from dask.distributed import as_completed
@@ -127,9 +128,8 @@ class DaskExecutor(Executor):
             self._cluster.close()
 
 
-# What the data stages' tasks import (seconds per process). A worker imports them once, at start, while
-# the driver plans, instead of inside the first task of each stage; torch and open_clip are left to the
-# stages that need them.
+# What the data stages' tasks import (seconds per process), imported by each worker as it starts;
+# torch and open_clip are left to the stages that need them.
 WARM_MODULES = ("numpy", "pyarrow.compute", "pyarrow.parquet", "polars", "curate.runner", "curate.ingest.stage",
                 "curate.annotators.stage", "curate.annotators.consensus", "curate.annotators.flag",
                 "curate.clip.scores", "curate.clip.filters")
