@@ -120,8 +120,12 @@ class _Problem:
 
     def _terms(self, params):
         theta = params[: self.n]
-        eta = params[self.n] if self.with_ties else -np.inf
         d = theta[self.rows.first] - theta[self.rows.second]
+        if not self.with_ties:
+            # Plain Bradley-Terry: the formulas below with nu = 0, in a third of the passes over the rows.
+            p_second = expit(-d)
+            return theta, -np.inf, d, None, None, p_second, None
+        eta = params[self.n]
         # Divide the normaliser e^(d/2) + e^(-d/2) + nu by e^(|d|/2): with q = e^(-|d|/2) <= 1 it is
         # 1 + q^2 + nu q, so one exp and one log per comparison and no overflow for any d.
         q, nu = np.exp(-0.5 * np.abs(d)), np.exp(eta)
@@ -135,8 +139,11 @@ class _Problem:
         rows = self.rows
         theta, eta, d, log_norm, p_first, p_second, p_tie = self._terms(params)
         self._keep_curvatures(params, p_first, p_second, p_tie)
-        nll = log_norm - np.where(rows.tie, eta, 0.5 * d)
-        grad_d = np.where(rows.tie, 0.5 * (p_first - p_second), -(p_second + 0.5 * p_tie))
+        if self.with_ties:
+            nll = log_norm - np.where(rows.tie, eta, 0.5 * d)
+            grad_d = np.where(rows.tie, 0.5 * (p_first - p_second), -(p_second + 0.5 * p_tie))
+        else:
+            nll, grad_d = np.logaddexp(0.0, -d), -p_second  # -log sigmoid(d) and its derivative
         # Elementwise products and sums, not `@`: a threaded BLAS call per step thrashes on busy machines.
         f = (rows.weight * nll).sum() + 0.5 * self.ridge * np.square(theta).sum()
         g = self._spread(rows.weight * grad_d) + self.ridge * theta
@@ -144,9 +151,13 @@ class _Problem:
 
     def _keep_curvatures(self, params, p_first, p_second, p_tie):
         # Hessian of the log-sum-exp normaliser: covariance of the (d/2, log nu) features.
-        lead, w = p_first - p_second, self.rows.weight
-        self._curvatures = (w * 0.25 * (p_first + p_second - lead * lead), w * -0.5 * lead * p_tie,
-                            w * p_tie * (1 - p_tie))
+        w = self.rows.weight
+        if self.with_ties:
+            lead = p_first - p_second
+            self._curvatures = (w * 0.25 * (p_first + p_second - lead * lead), w * -0.5 * lead * p_tie,
+                                w * p_tie * (1 - p_tie))
+        else:  # nu = 0: 0.25 (1 - (2p - 1)^2) = p (1 - p), and nothing couples to log nu
+            self._curvatures = (w * p_second * (1.0 - p_second), None, None)
         self._curvature_at = params.copy()
 
     def hessp(self, params, v):
@@ -156,8 +167,10 @@ class _Problem:
         c_dd, c_de, c_ee = self._curvatures
         v_theta, v_eta = v[: self.n], (v[self.n] if self.with_ties else 0.0)
         dv = v_theta[self.rows.first] - v_theta[self.rows.second]
+        if not self.with_ties:
+            return self._spread(c_dd * dv) + self.ridge * v_theta
         h = self._spread(c_dd * dv + c_de * v_eta) + self.ridge * v_theta
-        return np.append(h, (c_de * dv + c_ee * v_eta).sum()) if self.with_ties else h
+        return np.append(h, (c_de * dv + c_ee * v_eta).sum())
 
     def _spread(self, per_row):
         """Per-comparison derivative w.r.t. d -> per-item gradient (+ for first, - for second)."""
@@ -166,18 +179,43 @@ class _Problem:
 
 def fit_comparisons(rows: Comparisons, n_items: int, ridge: float = 1e-3, tol: float = 1e-6,
                     max_iter: int = 200, init: BTResult | None = None) -> BTResult:
-    """Fit merged comparisons (from :func:`prepare_comparisons`); see :func:`fit_bradley_terry`."""
+    """Fit merged comparisons (from :func:`prepare_comparisons`); see :func:`fit_bradley_terry`.
+
+    Only the items some row names are solved for: an item without comparisons sits at its ridge
+    optimum 0 with zero gradient, and Newton-CG never moves it, so leaving it out changes nothing
+    but the cost (a 200k-judgement sample touches a few percent of 10M judgements' images). The
+    stopping rule and trust radius still count every item, as the full solve would.
+    """
+    seen = (np.bincount(rows.first, minlength=n_items) + np.bincount(rows.second, minlength=n_items)) > 0
+    active = np.flatnonzero(seen)
+    if active.size < n_items:
+        index = np.zeros(n_items, dtype=np.int64)
+        index[active] = np.arange(active.size)
+        rows = rows._replace(first=index[rows.first], second=index[rows.second])
+    start = None if init is None else np.array(init.scores, dtype=np.float64)[active]
+    params, nit, success = _solve(rows, active.size, ridge, tol, max_iter, start,
+                                  None if init is None else init.tie_param, absent=n_items - active.size)
+    theta = np.zeros(n_items)
+    theta[active] = params[: active.size]
+    return BTResult(theta - theta.mean(), float(np.exp(params[active.size])) if bool(rows.tie.any()) else 0.0,
+                    nit, success)
+
+
+def _solve(rows: Comparisons, n_items: int, ridge: float, tol: float, max_iter: int, start: np.ndarray | None,
+           tie_param: float | None, absent: int) -> tuple[np.ndarray, int, bool]:
+    """Newton-CG over ``n_items`` items every one of which some row names; ``absent`` more items,
+    never compared, still count in the trust radius and the gradient tolerance."""
     problem = _Problem(rows, n_items, ridge)
     degree = np.bincount(rows.first, rows.weight, n_items) + np.bincount(rows.second, rows.weight, n_items)
     # Newton-CG in variables scaled by the Hessian's diagonal at theta = 0: CG is then Jacobi-
     # preconditioned, and item degrees spanning orders of magnitude cost no extra iterations.
     curvature = 0.25 * degree + ridge
-    x0 = np.zeros(n_items) if init is None else np.array(init.scores, dtype=np.float64)
+    x0 = np.zeros(n_items) if start is None else start
     x0[degree == 0] = 0.0  # the ridge optimum of an item without comparisons
     if problem.with_ties:
         curvature = np.append(curvature, 0.25 * rows.weight.sum())
         tie_share = rows.weight[rows.tie].sum() / rows.weight.sum()  # at d = 0, P(tie) = nu / (2 + nu)
-        nu0 = init.tie_param if init is not None and init.tie_param > 0 else 2 * tie_share / (1 - tie_share + 1e-12)
+        nu0 = tie_param if tie_param is not None and tie_param > 0 else 2 * tie_share / (1 - tie_share + 1e-12)
         x0 = np.append(x0, np.log(nu0))
     scale = np.sqrt(np.where(curvature > 0, curvature, 1.0))
 
@@ -185,16 +223,13 @@ def fit_comparisons(rows: Comparisons, n_items: int, ridge: float = 1e-3, tol: f
         f, g = problem.value_and_grad(y / scale)
         return f, g / scale
 
-    radius = float(np.sqrt(curvature.sum()))  # a step that moves every score by about 1
+    radius = float(np.sqrt(curvature.sum() + ridge * absent))  # a step that moves every score by about 1
     # gtol is on the norm over all parameters: scaled by sqrt(count), tol is a per-item RMS.
-    gtol = tol * np.sqrt(x0.size)
+    gtol = tol * np.sqrt(x0.size + absent)
     res = minimize(fun, x0 * scale, jac=True, hessp=lambda y, v: problem.hessp(y / scale, v / scale) / scale,
                    method="trust-ncg", options={"gtol": gtol, "maxiter": max_iter,
                                                 "initial_trust_radius": radius, "max_trust_radius": 1e3 * radius})
-    params = res.x / scale
-    theta = params[:n_items]
-    return BTResult(theta - theta.mean(), float(np.exp(params[n_items])) if problem.with_ties else 0.0,
-                    int(res.nit), bool(res.success))
+    return res.x / scale, int(res.nit), bool(res.success)
 
 
 def fit_bradley_terry(winners, losers, n_items: int, weights=None, ties=None, tie_model: str = "davidson",
