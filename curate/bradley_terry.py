@@ -186,14 +186,19 @@ def fit_comparisons(rows: Comparisons, n_items: int, ridge: float = 1e-3, tol: f
     but the cost (a 200k-judgement sample touches a few percent of 10M judgements' images). The
     stopping rule and trust radius still count every item, as the full solve would.
     """
-    seen = (np.bincount(rows.first, minlength=n_items) + np.bincount(rows.second, minlength=n_items)) > 0
-    active = np.flatnonzero(seen)
+    if not (rows.weight > 0).all():  # a weightless row changes no value, gradient or curvature
+        kept = rows.weight > 0
+        rows = Comparisons(rows.first[kept], rows.second[kept], rows.tie[kept], rows.weight[kept])
+    degree = np.bincount(rows.first, rows.weight, n_items) + np.bincount(rows.second, rows.weight, n_items)
+    active = np.flatnonzero(degree > 0)
+    if not active.size:  # nothing compared: every item at its ridge optimum
+        return BTResult(np.zeros(n_items), 0.0, 0, True)
     if active.size < n_items:
         index = np.zeros(n_items, dtype=np.int64)
         index[active] = np.arange(active.size)
         rows = rows._replace(first=index[rows.first], second=index[rows.second])
     start = None if init is None else np.array(init.scores, dtype=np.float64)[active]
-    params, nit, success = _solve(rows, active.size, ridge, tol, max_iter, start,
+    params, nit, success = _solve(rows, degree[active], ridge, tol, max_iter, start,
                                   None if init is None else init.tie_param, absent=n_items - active.size)
     theta = np.zeros(n_items)
     theta[active] = params[: active.size]
@@ -201,17 +206,16 @@ def fit_comparisons(rows: Comparisons, n_items: int, ridge: float = 1e-3, tol: f
                     nit, success)
 
 
-def _solve(rows: Comparisons, n_items: int, ridge: float, tol: float, max_iter: int, start: np.ndarray | None,
+def _solve(rows: Comparisons, degree: np.ndarray, ridge: float, tol: float, max_iter: int, start: np.ndarray | None,
            tie_param: float | None, absent: int) -> tuple[np.ndarray, int, bool]:
-    """Newton-CG over ``n_items`` items every one of which some row names; ``absent`` more items,
-    never compared, still count in the trust radius and the gradient tolerance."""
+    """Newton-CG over the items of ``degree`` (each one's summed comparison weight, all > 0); ``absent``
+    more items, never compared, still count in the trust radius and the gradient tolerance."""
+    n_items = degree.size
     problem = _Problem(rows, n_items, ridge)
-    degree = np.bincount(rows.first, rows.weight, n_items) + np.bincount(rows.second, rows.weight, n_items)
     # Newton-CG in variables scaled by the Hessian's diagonal at theta = 0: CG is then Jacobi-
     # preconditioned, and item degrees spanning orders of magnitude cost no extra iterations.
     curvature = 0.25 * degree + ridge
     x0 = np.zeros(n_items) if start is None else start
-    x0[degree == 0] = 0.0  # the ridge optimum of an item without comparisons
     if problem.with_ties:
         curvature = np.append(curvature, 0.25 * rows.weight.sum())
         tie_share = rows.weight[rows.tie].sum() / rows.weight.sum()  # at d = 0, P(tie) = nu / (2 + nu)

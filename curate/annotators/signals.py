@@ -108,12 +108,15 @@ def lookup(found_at: tuple[np.ndarray, np.ndarray], values: np.ndarray, missing=
     return out
 
 
-def other_votes(cols: dict[str, np.ndarray], groups: VoteGroups) -> dict[str, np.ndarray]:
+def other_votes(cols: dict[str, np.ndarray], groups: VoteGroups,
+                at: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Votes on the same prompt and images by everyone else (each row's own votes removed).
 
     A multi-vote row IS the crowd: its own votes are the consensus for its majority label.
+    ``at``: ``positions(groups.group, cols["group"])`` where the caller already has it.
     """
-    multi, at = cols["multi"], positions(groups.group, cols["group"])
+    multi = cols["multi"]
+    at = positions(groups.group, cols["group"]) if at is None else at
     own = {c: cols[c].astype(float) for c in ("lo_wins", "hi_wins", "tied")}
     lo = np.where(multi, own["lo_wins"], lookup(at, groups.lo_wins, 0) - own["lo_wins"])
     hi = np.where(multi, own["hi_wins"], lookup(at, groups.hi_wins, 0) - own["hi_wins"])
