@@ -13,10 +13,10 @@ linear in (theta, log nu) minus a linear term, hence jointly convex: one Newton 
 keeps items that only win (or only lose) finite and pins each disconnected component's mean to 0.
 
 Nothing here is dense in the items: identical comparisons are merged into weights, gradients and
-Hessian-vector products are ``np.bincount`` sums, and the optimiser is scipy's trust-region Newton-CG
-in variables scaled by each item's curvature (Jacobi preconditioning), so items whose degrees span
-orders of magnitude cost no extra iterations. Measured on this machine (2 cores shared with other
-jobs, load ~5; BLAS pinned to one thread), merging included: 5M comparisons over 200k items fit in
+Hessian-vector products are ``np.bincount`` sums, and the optimiser is trust-region Newton-CG (scipy's
+trust-ncg step for step: ``trust_region_newton_cg``) in variables scaled by each item's curvature
+(Jacobi preconditioning), so items whose degrees span orders of magnitude cost no extra iterations.
+Measured on this machine (2 cores shared with other jobs, load ~5; BLAS pinned to one thread), merging included: 5M comparisons over 200k items fit in
 29 s without ties and 32 s with 10% Davidson ties, 10-11 Newton steps (``benchmarks/bt_scale.py``).
 """
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from scipy.optimize import minimize
 from scipy.special import expit
 
 TIE_MODELS = ("davidson", "half")
@@ -230,10 +229,80 @@ def _solve(rows: Comparisons, degree: np.ndarray, ridge: float, tol: float, max_
     radius = float(np.sqrt(curvature.sum() + ridge * absent))  # a step that moves every score by about 1
     # gtol is on the norm over all parameters: scaled by sqrt(count), tol is a per-item RMS.
     gtol = tol * np.sqrt(x0.size + absent)
-    res = minimize(fun, x0 * scale, jac=True, hessp=lambda y, v: problem.hessp(y / scale, v / scale) / scale,
-                   method="trust-ncg", options={"gtol": gtol, "maxiter": max_iter,
-                                                "initial_trust_radius": radius, "max_trust_radius": 1e3 * radius})
-    return res.x / scale, int(res.nit), bool(res.success)
+    x, nit, success = trust_region_newton_cg(fun, lambda y, v: problem.hessp(y / scale, v / scale) / scale, x0 * scale,
+                                             gtol, max_iter, radius, 1e3 * radius)
+    return x / scale, nit, success
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    # An elementwise product and a sum, not BLAS: a threaded ddot spins the other core (it doubled
+    # the CPU time of the crowd model's fits on 2 cores) for no gain at these sizes.
+    return float(np.add.reduce(a * b))
+
+
+def trust_region_newton_cg(fun, hessp, x0: np.ndarray, gtol: float, max_iter: int, radius: float,
+                           max_radius: float, eta: float = 0.15) -> tuple[np.ndarray, int, bool]:
+    """Minimise ``fun`` (x -> value, gradient) by trust-region Newton-CG with Steihaug's CG
+    (Nocedal & Wright, algorithms 4.1 and 7.2): scipy's ``minimize(method="trust-ncg")`` step for
+    step, without its per-call bookkeeping and with unthreaded dot products. Stops when the
+    gradient's norm is below ``gtol`` (success), after ``max_iter`` steps, or when the model
+    predicts no decrease. Returns (x, steps, success)."""
+    x = np.asarray(x0, dtype=np.float64).ravel()
+    f, g = fun(x)
+    g_norm, steps = np.sqrt(_dot(g, g)), 0
+    success = bool(g_norm < gtol)
+    while not success and steps < max_iter:
+        p, on_boundary = _steihaug(g, g_norm, lambda v: hessp(x, v), radius)
+        predicted = f - (f + _dot(g, p) + 0.5 * _dot(p, hessp(x, p)))
+        if predicted <= 0:  # the quadratic model has no decrease left: float precision ends the solve
+            break
+        f_new, g_new = fun(x + p)
+        rho = (f - f_new) / predicted
+        if rho < 0.25:
+            radius *= 0.25
+        elif rho > 0.75 and on_boundary:
+            radius = min(2 * radius, max_radius)
+        if rho > eta:
+            x, f, g = x + p, f_new, g_new
+            g_norm = np.sqrt(_dot(g, g))
+        steps += 1
+        success = bool(g_norm < gtol)
+    return x, steps, success
+
+
+def _steihaug(g: np.ndarray, g_norm: float, hessp, radius: float) -> tuple[np.ndarray, bool]:
+    """Approximate minimiser of g.p + p.H.p / 2 within |p| <= radius by conjugate gradients, and
+    whether it lies on the boundary; stops at a residual below min(1/2, sqrt|g|) |g|."""
+    tolerance = min(0.5, np.sqrt(g_norm)) * g_norm
+    z, r, d = np.zeros_like(g), g, -g
+    if g_norm < tolerance:
+        return z, False
+    while True:
+        hd = hessp(d)
+        curvature = _dot(d, hd)
+        if curvature <= 0:  # a direction of non-positive curvature: go to the better boundary point
+            ta, tb = _to_boundary(z, d, radius)
+            pa, pb = z + ta * d, z + tb * d
+            model = lambda p: _dot(g, p) + 0.5 * _dot(p, hessp(p))  # noqa: E731
+            return (pa if model(pa) < model(pb) else pb), True
+        r_squared = _dot(r, r)
+        alpha = r_squared / curvature
+        z_next = z + alpha * d
+        if np.sqrt(_dot(z_next, z_next)) >= radius:
+            return z + _to_boundary(z, d, radius)[1] * d, True
+        r_next = r + alpha * hd
+        r_next_squared = _dot(r_next, r_next)
+        if np.sqrt(r_next_squared) < tolerance:
+            return z_next, False
+        d = -r_next + (r_next_squared / r_squared) * d
+        z, r = z_next, r_next
+
+
+def _to_boundary(z: np.ndarray, d: np.ndarray, radius: float) -> tuple[float, float]:
+    """The two t (low, high) with |z + t d| = radius (the form with less round-off, Golub & Van Loan p. 97)."""
+    a, b, c = _dot(d, d), 2 * _dot(z, d), _dot(z, z) - radius ** 2
+    aux = b + np.copysign(np.sqrt(b * b - 4 * a * c), b)
+    return tuple(sorted([-aux / (2 * a), -2 * c / aux]))
 
 
 def fit_bradley_terry(winners, losers, n_items: int, weights=None, ties=None, tie_model: str = "davidson",
