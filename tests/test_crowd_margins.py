@@ -24,3 +24,15 @@ def test_ties_on_images_the_model_never_saw_get_no_margin():
     assert np.isnan(out[0, 1])
     # 20 beat 10: d = -1 with its pull removed: -1 - (1 - sigmoid(-1)).
     assert np.isclose(out[0, 2], -1.0 - (1.0 - 1.0 / (1.0 + np.exp(1.0))))
+
+
+def test_dense_index_is_numpys_unique_with_inverse():
+    assert [a.tolist() for a in signals.dense_index(np.array([30, 10, 30, 20]))] == [[10, 20, 30], [2, 0, 2, 1]]
+    rng = np.random.default_rng(5)
+    for values in (rng.integers(0, 2**63, 50, dtype=np.int64).astype(np.uint64)[rng.integers(0, 50, 5000)],
+                   rng.integers(-1000, 1000, 3000), np.zeros(0, np.int64)):
+        distinct, index = signals.dense_index(values)
+        ref, inverse = np.unique(values, return_inverse=True)
+        assert distinct.dtype == values.dtype
+        np.testing.assert_array_equal(distinct, ref)
+        np.testing.assert_array_equal(index, inverse.ravel())

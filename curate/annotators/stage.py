@@ -138,9 +138,9 @@ def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list
     """
     known = people["who"]
     groups, group_index = vote_groups(cols)
-    who, person = np.unique(cols["who"], return_inverse=True)
+    who, person = sig.dense_index(cols["who"])
     decided = cols["sign"] != 0
-    keys = np.unique(np.concatenate([cols["key_a"][decided], cols["key_b"][decided]]))
+    keys, image = sig.dense_index(np.concatenate([cols["key_a"][decided], cols["key_b"][decided]]))
     scorer_rms = np.array([sig.rms(r) for r in raw])
     slope = crowd.fit_slope(crowd.mean_scorer_margin(raw, scorer_rms))
     scorer_names = tuple(f"scorer:{s}" for s in scorers)  # the evidence below reads the scorers' scales from these
@@ -148,7 +148,7 @@ def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list
                              groups, scorer_names, scorer_rms, slope)
     resp, taste, data, stability, at = np.ones((len(who), 1)), None, None, None, None
     if stage.bradley_terry and len(keys) >= 2:
-        data = judgements(cols, keys, person, len(who))._replace(trust=person_trust(who, people))
+        data = judgements(cols, image, len(keys), person, len(who))._replace(trust=person_trust(who, people))
         at = (np.flatnonzero(decided), data.winner, data.loser)  # = crowd.winner_loser(model, cols), searched once
         scored = np.where(decided, crowd.scorer_agreement(raw, scorer_rms, slope), np.nan)[decided]
         model, resp, taste, stability = fit_taste_model(stage, data, model._replace(image_keys=keys), scored)
@@ -203,17 +203,18 @@ def person_trust(who: np.ndarray, people: dict) -> np.ndarray | None:
 def vote_groups(cols: dict) -> tuple[sig.VoteGroups, np.ndarray]:
     """Votes per (prompt, image pair) group, summed over every judgement (sorted by group), and
     each judgement's group index (so its other votes need no search)."""
-    group, index = np.unique(cols["group"], return_inverse=True)
+    group, index = sig.dense_index(cols["group"])
     count = lambda c: np.bincount(index, cols[c], len(group)).astype(np.int64)  # noqa: E731
-    return sig.VoteGroups(group, count("lo_wins"), count("hi_wins"), count("tied")), index.ravel()
+    return sig.VoteGroups(group, count("lo_wins"), count("hi_wins"), count("tied")), index
 
 
-def judgements(cols: dict, keys: np.ndarray, person: np.ndarray, n_people: int) -> tm.Judgements:
-    """The decided judgements as (winner, loser, person) indices for the taste model."""
+def judgements(cols: dict, image: np.ndarray, n_items: int, person: np.ndarray, n_people: int) -> tm.Judgements:
+    """The decided judgements as (winner, loser, person) indices for the taste model; ``image``
+    holds the decided judgements' A images' indices among the sorted image keys, then their B images'."""
     decided = cols["sign"] != 0
-    ia, ib = np.searchsorted(keys, cols["key_a"][decided]), np.searchsorted(keys, cols["key_b"][decided])
+    ia, ib = np.split(image, 2)
     a_won = cols["sign"][decided] > 0
-    return tm.Judgements(np.where(a_won, ia, ib), np.where(a_won, ib, ia), person[decided], len(keys), n_people)
+    return tm.Judgements(np.where(a_won, ia, ib), np.where(a_won, ib, ia), person[decided], n_items, n_people)
 
 
 def bootstrap_stability(data: tm.Judgements, weight: np.ndarray, stage: AnnotatorsStage):
