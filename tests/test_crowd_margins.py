@@ -36,3 +36,23 @@ def test_dense_index_is_numpys_unique_with_inverse():
         assert distinct.dtype == values.dtype
         np.testing.assert_array_equal(distinct, ref)
         np.testing.assert_array_equal(index, inverse.ravel())
+
+
+def test_flag_metric_groups_pairs_by_present_signals():
+    # Each pair's u, a, s come from the signals it has (>= 2); fewer than 2: NaN. Checked pair by
+    # pair against minority_score on that pair's own signals.
+    from curate.annotators.flag import _metric
+    from curate.minority import minority_score
+
+    rng = np.random.default_rng(6)
+    margins = rng.normal(size=(4, 300))
+    margins[rng.random((4, 300)) < 0.3] = np.nan
+    u, a, s, used = _metric(margins, 3.75, minority_score)
+    np.testing.assert_array_equal(used, (~np.isnan(margins)).sum(axis=0))
+    for i in range(300):
+        have = ~np.isnan(margins[:, i])
+        if have.sum() < 2:
+            assert np.isnan(u[i]) and np.isnan(a[i]) and np.isnan(s[i])
+            continue
+        one = minority_score(margins[have, i:i + 1], rho=3.75, normalize="none")
+        np.testing.assert_allclose([u[i], a[i], s[i]], [one.u[0], one.a[0], one.s[0]], rtol=1e-12)
