@@ -112,7 +112,7 @@ def combine(q: np.ndarray, r: np.ndarray) -> np.ndarray:
 
 def judgement_evidence(model: CrowdModel, cols: dict[str, np.ndarray], resp: np.ndarray, raw: np.ndarray,
                        reliability: np.ndarray | None = None, at: tuple | None = None,
-                       group_at: tuple | None = None) -> dict[str, np.ndarray]:
+                       group_at: tuple | None = None, entropy: bool = True) -> dict[str, np.ndarray]:
     """Every per-judgement quantity the consensus table holds, from the model and the judgement's facts.
 
     ``resp`` (judgements x K+1) are the authors' memberships, ``raw`` the (scorers x judgements)
@@ -120,10 +120,11 @@ def judgement_evidence(model: CrowdModel, cols: dict[str, np.ndarray], resp: np.
     taste model, the consensus combined with the author's ``reliability`` (NaN: no track record),
     and NaN with neither (no evidence: no score). Ties never get one. ``at`` (``winner_loser``) and
     ``group_at`` (``signals.positions`` of the judgements' vote groups) spare the key searches
-    where the caller has them; ``margins`` in the result are every component's (K x judgements).
+    where the caller has them; ``margins`` in the result are every component's (K x judgements);
+    ``entropy`` False: the votes without their entropy (the annotators stage needs only the scales).
     """
     usable = cols["sign"] != 0
-    votes = sig.other_votes(cols, model.groups, group_at)
+    votes = sig.other_votes(cols, model.groups, group_at, entropy)
     scorer_mean = mean_scorer_margin(raw, model.scorer_rms)
     margins = taste_margins(model, cols, resp, at)
     bt = margins[model.majority] if len(margins) else np.full(len(usable), np.nan)

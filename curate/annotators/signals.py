@@ -123,11 +123,12 @@ def lookup(found_at: tuple[np.ndarray, np.ndarray], values: np.ndarray, missing=
 
 
 def other_votes(cols: dict[str, np.ndarray], groups: VoteGroups,
-                at: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                at: tuple[np.ndarray, np.ndarray] | None = None, entropy: bool = True) -> dict[str, np.ndarray]:
     """Votes on the same prompt and images by everyone else (each row's own votes removed).
 
     A multi-vote row IS the crowd: its own votes are the consensus for its majority label.
-    ``at``: ``positions(groups.group, cols["group"])`` where the caller already has it.
+    ``at``: ``positions(groups.group, cols["group"])`` where the caller already has it; ``entropy``
+    False leaves out the votes' entropy (only the consensus table holds it; about half the cost).
     """
     multi = cols["multi"]
     at = positions(groups.group, cols["group"]) if at is None else at
@@ -138,6 +139,8 @@ def other_votes(cols: dict[str, np.ndarray], groups: VoteGroups,
     a_is_lo = cols["key_a"] < cols["key_b"]
     for_a, for_b = np.where(a_is_lo, lo, hi), np.where(a_is_lo, hi, lo)
     agree = np.where(cols["sign"] > 0, for_a, for_b)
+    if not entropy:
+        return {"agree": agree, "total": for_a + for_b}
     every = np.stack([lo, hi, ties])
     with np.errstate(invalid="ignore", divide="ignore"):
         shares = every / every.sum(axis=0)

@@ -154,7 +154,7 @@ def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list
         model, resp, taste, stability = fit_taste_model(stage, data, model._replace(image_keys=keys), scored)
     judgement_resp = np.where(np.isin(who, known)[:, None], resp, model.share[None, :])[person]
     evidence = crowd.judgement_evidence(model, cols, judgement_resp, raw, at=at,
-                                        group_at=(group_index, np.ones(len(group_index), bool)))
+                                        group_at=(group_index, np.ones(len(group_index), bool)), entropy=False)
     names = list(scorer_names) + (["bradley_terry"] if taste is not None else [])
     rms = list(scorer_rms) + ([sig.rms(evidence["bt"])] if taste is not None else [])
     if np.isfinite(evidence["vote_margin"]).any():
