@@ -74,20 +74,23 @@ def generate(root: Path, judgements: int, annotators: int, shard_rows: int = 500
     commit_files(root, "bench", {"pairs": written})  # hand-written tables are data once a manifest lists them
 
 
-def child(kind: str, root: Path, bradley_terry: bool) -> None:
+def child(kind: str, root: Path, bradley_terry: bool, executor: str = "local", workers: int = 2) -> None:
     if kind == "prefcurate":
         from curate.annotators.flag import FlagStage
         from curate.annotators.stage import AnnotatorsStage
+        from curate.executors import make_executor
         from curate.runner import run_stage
 
-        started, cpu = time.perf_counter(), time.process_time()
-        report = run_stage(AnnotatorsStage(bradley_terry=bradley_terry), root)
-        middle = time.perf_counter()
-        run_stage(FlagStage(), root)
+        # With Dask the shard passes run on the workers; cpu_seconds is then the driver's alone.
+        with make_executor(executor, workers=workers) as pool:
+            started, cpu = time.perf_counter(), time.process_time()
+            report = run_stage(AnnotatorsStage(bradley_terry=bradley_terry), root, pool)
+            middle = time.perf_counter()
+            run_stage(FlagStage(), root, pool)
+            ended, cpu = time.perf_counter(), time.process_time() - cpu  # before the cluster closes
         consensus = report.passes[0].wall_seconds
         times = {"annotators (model)": middle - started - consensus, "annotators (consensus)": consensus,
-                 "flag": time.perf_counter() - middle}
-        cpu = time.process_time() - cpu
+                 "flag": ended - middle}
     else:
         started, cpu = time.perf_counter(), time.process_time()
         pandas_same_statistics(root)
@@ -144,9 +147,9 @@ def clear_outputs(root: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def measure(kind: str, root: Path, bradley_terry: bool = True) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--child", kind, str(root), str(int(bradley_terry))],
-                          capture_output=True, text=True)
+def measure(kind: str, root: Path, bradley_terry: bool = True, executor: str = "local", workers: int = 2) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", kind, str(root), str(int(bradley_terry)),
+                           "--executor", executor, "--workers", str(workers)], capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(done.stderr)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -180,10 +183,13 @@ def main() -> None:
     parser.add_argument("--annotators", type=int, default=200_000)
     parser.add_argument("--work", type=Path, default=Path("/tmp/prefcurate-bench-annotators"))
     parser.add_argument("--model-only", action="store_true", help="Only the run with the crowd model (no baseline).")
+    parser.add_argument("--executor", choices=("local", "dask"), default="local",
+                        help="Where the shard passes run: in-process, or a Dask LocalCluster of --workers (the fit stays on the driver).")
+    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], Path(args.child[1]), bool(int(args.child[2])))
+        child(args.child[0], Path(args.child[1]), bool(int(args.child[2])), args.executor, args.workers)
         return
     root = args.work / f"{args.judgements}"
     if not (root / "tables" / "pairs").is_dir():
@@ -193,9 +199,10 @@ def main() -> None:
         print(f"generated {args.judgements:,} judgements in {time.perf_counter() - started:.0f} s")
     for bt in (True,) if args.model_only else (True, False):
         clear_outputs(root)
-        ours = measure("prefcurate", root, bt)
+        ours = measure("prefcurate", root, bt, args.executor, args.workers)
         total = sum(ours["times"].values())
-        print(f"prefcurate annotators + flag ({'with the crowd model' if bt else 'without it'}): {total:.1f} s wall, "
+        where = "in-process" if args.executor == "local" else f"Dask x{args.workers}, driver"
+        print(f"prefcurate annotators + flag ({'with the crowd model' if bt else 'without it'}, {where}): {total:.1f} s wall, "
               f"{ours['cpu_seconds']:.1f} s CPU ({', '.join(f'{k} {v:.1f} s' for k, v in ours['times'].items())}), "
               f"peak RSS {ours['peak_rss_mb']:,.0f} MB (targets: <= 60 s, <= 6,000 MB)")
     if args.model_only:

@@ -13,10 +13,10 @@ linear in (theta, log nu) minus a linear term, hence jointly convex: one Newton 
 keeps items that only win (or only lose) finite and pins each disconnected component's mean to 0.
 
 Nothing here is dense in the items: identical comparisons are merged into weights, gradients and
-Hessian-vector products are ``np.bincount`` sums, and the optimiser is scipy's trust-region Newton-CG
-in variables scaled by each item's curvature (Jacobi preconditioning), so items whose degrees span
-orders of magnitude cost no extra iterations. Measured on this machine (2 cores shared with other
-jobs, load ~5; BLAS pinned to one thread), merging included: 5M comparisons over 200k items fit in
+Hessian-vector products are ``np.bincount`` sums, and the optimiser is trust-region Newton-CG (scipy's
+trust-ncg step for step: ``trust_region_newton_cg``) in variables scaled by each item's curvature
+(Jacobi preconditioning), so items whose degrees span orders of magnitude cost no extra iterations.
+Measured on this machine (2 cores shared with other jobs, load ~5; BLAS pinned to one thread), merging included: 5M comparisons over 200k items fit in
 29 s without ties and 32 s with 10% Davidson ties, 10-11 Newton steps (``benchmarks/bt_scale.py``).
 """
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from scipy.optimize import minimize
 from scipy.special import expit
 
 TIE_MODELS = ("davidson", "half")
@@ -120,8 +119,12 @@ class _Problem:
 
     def _terms(self, params):
         theta = params[: self.n]
-        eta = params[self.n] if self.with_ties else -np.inf
         d = theta[self.rows.first] - theta[self.rows.second]
+        if not self.with_ties:
+            # Plain Bradley-Terry: the formulas below with nu = 0, in a third of the passes over the rows.
+            p_second = expit(-d)
+            return theta, -np.inf, d, None, None, p_second, None
+        eta = params[self.n]
         # Divide the normaliser e^(d/2) + e^(-d/2) + nu by e^(|d|/2): with q = e^(-|d|/2) <= 1 it is
         # 1 + q^2 + nu q, so one exp and one log per comparison and no overflow for any d.
         q, nu = np.exp(-0.5 * np.abs(d)), np.exp(eta)
@@ -135,8 +138,11 @@ class _Problem:
         rows = self.rows
         theta, eta, d, log_norm, p_first, p_second, p_tie = self._terms(params)
         self._keep_curvatures(params, p_first, p_second, p_tie)
-        nll = log_norm - np.where(rows.tie, eta, 0.5 * d)
-        grad_d = np.where(rows.tie, 0.5 * (p_first - p_second), -(p_second + 0.5 * p_tie))
+        if self.with_ties:
+            nll = log_norm - np.where(rows.tie, eta, 0.5 * d)
+            grad_d = np.where(rows.tie, 0.5 * (p_first - p_second), -(p_second + 0.5 * p_tie))
+        else:
+            nll, grad_d = np.logaddexp(0.0, -d), -p_second  # -log sigmoid(d) and its derivative
         # Elementwise products and sums, not `@`: a threaded BLAS call per step thrashes on busy machines.
         f = (rows.weight * nll).sum() + 0.5 * self.ridge * np.square(theta).sum()
         g = self._spread(rows.weight * grad_d) + self.ridge * theta
@@ -144,9 +150,13 @@ class _Problem:
 
     def _keep_curvatures(self, params, p_first, p_second, p_tie):
         # Hessian of the log-sum-exp normaliser: covariance of the (d/2, log nu) features.
-        lead, w = p_first - p_second, self.rows.weight
-        self._curvatures = (w * 0.25 * (p_first + p_second - lead * lead), w * -0.5 * lead * p_tie,
-                            w * p_tie * (1 - p_tie))
+        w = self.rows.weight
+        if self.with_ties:
+            lead = p_first - p_second
+            self._curvatures = (w * 0.25 * (p_first + p_second - lead * lead), w * -0.5 * lead * p_tie,
+                                w * p_tie * (1 - p_tie))
+        else:  # nu = 0: 0.25 (1 - (2p - 1)^2) = p (1 - p), and nothing couples to log nu
+            self._curvatures = (w * p_second * (1.0 - p_second), None, None)
         self._curvature_at = params.copy()
 
     def hessp(self, params, v):
@@ -156,8 +166,10 @@ class _Problem:
         c_dd, c_de, c_ee = self._curvatures
         v_theta, v_eta = v[: self.n], (v[self.n] if self.with_ties else 0.0)
         dv = v_theta[self.rows.first] - v_theta[self.rows.second]
+        if not self.with_ties:
+            return self._spread(c_dd * dv) + self.ridge * v_theta
         h = self._spread(c_dd * dv + c_de * v_eta) + self.ridge * v_theta
-        return np.append(h, (c_de * dv + c_ee * v_eta).sum()) if self.with_ties else h
+        return np.append(h, (c_de * dv + c_ee * v_eta).sum())
 
     def _spread(self, per_row):
         """Per-comparison derivative w.r.t. d -> per-item gradient (+ for first, - for second)."""
@@ -166,18 +178,47 @@ class _Problem:
 
 def fit_comparisons(rows: Comparisons, n_items: int, ridge: float = 1e-3, tol: float = 1e-6,
                     max_iter: int = 200, init: BTResult | None = None) -> BTResult:
-    """Fit merged comparisons (from :func:`prepare_comparisons`); see :func:`fit_bradley_terry`."""
-    problem = _Problem(rows, n_items, ridge)
+    """Fit merged comparisons (from :func:`prepare_comparisons`); see :func:`fit_bradley_terry`.
+
+    Only the items some row names are solved for: an item without comparisons sits at its ridge
+    optimum 0 with zero gradient, and Newton-CG never moves it, so leaving it out changes nothing
+    but the cost (a 200k-judgement sample touches a few percent of 10M judgements' images). The
+    stopping rule and trust radius still count every item, as the full solve would.
+    """
+    if not (rows.weight > 0).all():  # a weightless row changes no value, gradient or curvature
+        kept = rows.weight > 0
+        rows = Comparisons(rows.first[kept], rows.second[kept], rows.tie[kept], rows.weight[kept])
     degree = np.bincount(rows.first, rows.weight, n_items) + np.bincount(rows.second, rows.weight, n_items)
+    active = np.flatnonzero(degree > 0)
+    if not active.size:  # nothing compared: every item at its ridge optimum
+        return BTResult(np.zeros(n_items), 0.0, 0, True)
+    if active.size < n_items:
+        index = np.zeros(n_items, dtype=np.int64)
+        index[active] = np.arange(active.size)
+        rows = rows._replace(first=index[rows.first], second=index[rows.second])
+    start = None if init is None else np.array(init.scores, dtype=np.float64)[active]
+    params, nit, success = _solve(rows, degree[active], ridge, tol, max_iter, start,
+                                  None if init is None else init.tie_param, absent=n_items - active.size)
+    theta = np.zeros(n_items)
+    theta[active] = params[: active.size]
+    return BTResult(theta - theta.mean(), float(np.exp(params[active.size])) if bool(rows.tie.any()) else 0.0,
+                    nit, success)
+
+
+def _solve(rows: Comparisons, degree: np.ndarray, ridge: float, tol: float, max_iter: int, start: np.ndarray | None,
+           tie_param: float | None, absent: int) -> tuple[np.ndarray, int, bool]:
+    """Newton-CG over the items of ``degree`` (each one's summed comparison weight, all > 0); ``absent``
+    more items, never compared, still count in the trust radius and the gradient tolerance."""
+    n_items = degree.size
+    problem = _Problem(rows, n_items, ridge)
     # Newton-CG in variables scaled by the Hessian's diagonal at theta = 0: CG is then Jacobi-
     # preconditioned, and item degrees spanning orders of magnitude cost no extra iterations.
     curvature = 0.25 * degree + ridge
-    x0 = np.zeros(n_items) if init is None else np.array(init.scores, dtype=np.float64)
-    x0[degree == 0] = 0.0  # the ridge optimum of an item without comparisons
+    x0 = np.zeros(n_items) if start is None else start
     if problem.with_ties:
         curvature = np.append(curvature, 0.25 * rows.weight.sum())
         tie_share = rows.weight[rows.tie].sum() / rows.weight.sum()  # at d = 0, P(tie) = nu / (2 + nu)
-        nu0 = init.tie_param if init is not None and init.tie_param > 0 else 2 * tie_share / (1 - tie_share + 1e-12)
+        nu0 = tie_param if tie_param is not None and tie_param > 0 else 2 * tie_share / (1 - tie_share + 1e-12)
         x0 = np.append(x0, np.log(nu0))
     scale = np.sqrt(np.where(curvature > 0, curvature, 1.0))
 
@@ -185,16 +226,83 @@ def fit_comparisons(rows: Comparisons, n_items: int, ridge: float = 1e-3, tol: f
         f, g = problem.value_and_grad(y / scale)
         return f, g / scale
 
-    radius = float(np.sqrt(curvature.sum()))  # a step that moves every score by about 1
+    radius = float(np.sqrt(curvature.sum() + ridge * absent))  # a step that moves every score by about 1
     # gtol is on the norm over all parameters: scaled by sqrt(count), tol is a per-item RMS.
-    gtol = tol * np.sqrt(x0.size)
-    res = minimize(fun, x0 * scale, jac=True, hessp=lambda y, v: problem.hessp(y / scale, v / scale) / scale,
-                   method="trust-ncg", options={"gtol": gtol, "maxiter": max_iter,
-                                                "initial_trust_radius": radius, "max_trust_radius": 1e3 * radius})
-    params = res.x / scale
-    theta = params[:n_items]
-    return BTResult(theta - theta.mean(), float(np.exp(params[n_items])) if problem.with_ties else 0.0,
-                    int(res.nit), bool(res.success))
+    gtol = tol * np.sqrt(x0.size + absent)
+    x, nit, success = trust_region_newton_cg(fun, lambda y, v: problem.hessp(y / scale, v / scale) / scale, x0 * scale,
+                                             gtol, max_iter, radius, 1e3 * radius)
+    return x / scale, nit, success
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    # An elementwise product and a sum, not BLAS: a threaded ddot spins the other core (it doubled
+    # the CPU time of the crowd model's fits on 2 cores) for no gain at these sizes.
+    return float(np.add.reduce(a * b))
+
+
+def trust_region_newton_cg(fun, hessp, x0: np.ndarray, gtol: float, max_iter: int, radius: float,
+                           max_radius: float, eta: float = 0.15) -> tuple[np.ndarray, int, bool]:
+    """Minimise ``fun`` (x -> value, gradient) by trust-region Newton-CG with Steihaug's CG
+    (Nocedal & Wright, algorithms 4.1 and 7.2): scipy's ``minimize(method="trust-ncg")`` step for
+    step, without its per-call bookkeeping and with unthreaded dot products. Stops when the
+    gradient's norm is below ``gtol`` (success), after ``max_iter`` steps, or when the model
+    predicts no decrease. Returns (x, steps, success)."""
+    x = np.asarray(x0, dtype=np.float64).ravel()
+    f, g = fun(x)
+    g_norm, steps = np.sqrt(_dot(g, g)), 0
+    success = bool(g_norm < gtol)
+    while not success and steps < max_iter:
+        p, on_boundary = _steihaug(g, g_norm, lambda v: hessp(x, v), radius)
+        predicted = f - (f + _dot(g, p) + 0.5 * _dot(p, hessp(x, p)))
+        if predicted <= 0:  # the quadratic model has no decrease left: float precision ends the solve
+            break
+        f_new, g_new = fun(x + p)
+        rho = (f - f_new) / predicted
+        if rho < 0.25:
+            radius *= 0.25
+        elif rho > 0.75 and on_boundary:
+            radius = min(2 * radius, max_radius)
+        if rho > eta:
+            x, f, g = x + p, f_new, g_new
+            g_norm = np.sqrt(_dot(g, g))
+        steps += 1
+        success = bool(g_norm < gtol)
+    return x, steps, success
+
+
+def _steihaug(g: np.ndarray, g_norm: float, hessp, radius: float) -> tuple[np.ndarray, bool]:
+    """Approximate minimiser of g.p + p.H.p / 2 within |p| <= radius by conjugate gradients, and
+    whether it lies on the boundary; stops at a residual below min(1/2, sqrt|g|) |g|."""
+    tolerance = min(0.5, np.sqrt(g_norm)) * g_norm
+    z, r, d = np.zeros_like(g), g, -g
+    if g_norm < tolerance:
+        return z, False
+    while True:
+        hd = hessp(d)
+        curvature = _dot(d, hd)
+        if curvature <= 0:  # a direction of non-positive curvature: go to the better boundary point
+            ta, tb = _to_boundary(z, d, radius)
+            pa, pb = z + ta * d, z + tb * d
+            model = lambda p: _dot(g, p) + 0.5 * _dot(p, hessp(p))  # noqa: E731
+            return (pa if model(pa) < model(pb) else pb), True
+        r_squared = _dot(r, r)
+        alpha = r_squared / curvature
+        z_next = z + alpha * d
+        if np.sqrt(_dot(z_next, z_next)) >= radius:
+            return z + _to_boundary(z, d, radius)[1] * d, True
+        r_next = r + alpha * hd
+        r_next_squared = _dot(r_next, r_next)
+        if np.sqrt(r_next_squared) < tolerance:
+            return z_next, False
+        d = -r_next + (r_next_squared / r_squared) * d
+        z, r = z_next, r_next
+
+
+def _to_boundary(z: np.ndarray, d: np.ndarray, radius: float) -> tuple[float, float]:
+    """The two t (low, high) with |z + t d| = radius (the form with less round-off, Golub & Van Loan p. 97)."""
+    a, b, c = _dot(d, d), 2 * _dot(z, d), _dot(z, z) - radius ** 2
+    aux = b + np.copysign(np.sqrt(b * b - 4 * a * c), b)
+    return tuple(sorted([-aux / (2 * a), -2 * c / aux]))
 
 
 def fit_bradley_terry(winners, losers, n_items: int, weights=None, ties=None, tie_model: str = "davidson",

@@ -155,3 +155,46 @@ def test_bootstrap_consensus_over_annotators():
     assert 0.45 < c.agreement[1] < 0.8
     again = bootstrap_consensus(w, l, groups, 4, n_boot=100, seed=7)
     np.testing.assert_array_equal(again.agreement, c.agreement)
+
+
+def _random_comparisons(items: int, rows: int, seed: int, ties: bool = False):
+    rng = np.random.default_rng(seed)
+    strength = rng.normal(size=items)
+    i, j = rng.integers(0, items, rows), rng.integers(0, items, rows)
+    i, j = i[i != j], j[i != j]
+    i_wins = rng.random(len(i)) < 1 / (1 + np.exp(-(strength[i] - strength[j])))
+    tie = (rng.random(len(i)) < 0.1) if ties else None
+    return np.where(i_wins, i, j), np.where(i_wins, j, i), tie
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_trust_region_newton_cg_steps_like_scipy_trust_ncg(ties):
+    # The solver is a port of scipy's trust-ncg: on the same problem it takes the same steps, so
+    # after 3 (warm-start style, far from converged) and at convergence it sits at the same point.
+    from curate.bradley_terry import _Problem, trust_region_newton_cg
+
+    w, l, tie = _random_comparisons(300, 3000, seed=3, ties=ties)
+    rows, _ = prepare_comparisons(w, l, 300, ties=tie)
+    problem = _Problem(rows, 300, 1.0)
+    x0 = np.zeros(300 + problem.with_ties)
+    for steps in (3, 200):
+        ours, nit, ok = trust_region_newton_cg(problem.value_and_grad, problem.hessp, x0, 1e-6, steps, 5.0, 5e3)
+        ref = minimize(problem.value_and_grad, x0, jac=True, hessp=problem.hessp, method="trust-ncg",
+                       options={"gtol": 1e-6, "maxiter": steps, "initial_trust_radius": 5.0, "max_trust_radius": 5e3})
+        np.testing.assert_allclose(ours, ref.x, atol=1e-9)
+        assert (nit, ok) == (ref.nit, ref.success)
+
+
+def test_items_nobody_compared_change_nothing():
+    # Items 0-49 compared, 50-199 never: the fit over 200 items is the 50-item fit's differences,
+    # the never-compared items sit at the ridge optimum 0 before centring, and the solve takes the
+    # same steps (its stopping rule and trust radius count all 200 items, as before they were left out).
+    w, l, _ = _random_comparisons(50, 800, seed=4)
+    rows, _ = prepare_comparisons(w, l, 200)
+    wide = fit_comparisons(rows, 200, ridge=1.0, tol=1e-8)
+    raw = wide.scores - wide.scores[199]  # undo the centring over 200 items
+    np.testing.assert_allclose(raw[50:], 0.0, atol=1e-12)
+    narrow = fit_comparisons(rows, 50, ridge=1.0, tol=1e-8)
+    np.testing.assert_allclose(raw[:50] - raw[:50].mean(), narrow.scores, atol=1e-7)
+    warm = fit_comparisons(rows, 200, ridge=1.0, tol=1e-4, max_iter=2, init=wide)
+    np.testing.assert_allclose(warm.scores[50:], warm.scores[199], atol=1e-12)

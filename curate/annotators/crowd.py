@@ -72,18 +72,30 @@ def fit_slope(m: np.ndarray) -> float:
     return b
 
 
-def taste_margins(model: CrowdModel, cols: dict[str, np.ndarray], resp: np.ndarray) -> np.ndarray:
-    """(K, judgements) leave-one-out margins for the labelled winner under each taste component."""
+def winner_loser(model: CrowdModel, cols: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The decided judgements (row numbers) and their winner's and loser's indices in ``model.image_keys``.
+
+    Ties never get a margin, and their images need not be in the model (it is fitted on decisions).
+    """
     sign = cols["sign"]
-    out = np.full((len(model.theta), len(sign)), np.nan)
-    if not len(model.image_keys):
-        return out
-    # Ties never get a margin, and their images need not be in the model (it is fitted on decisions).
     decided = np.flatnonzero(sign != 0)
     ia = np.searchsorted(model.image_keys, cols["key_a"][decided])
     ib = np.searchsorted(model.image_keys, cols["key_b"][decided])
     a_is_winner = sign[decided] > 0
-    w, l = np.where(a_is_winner, ia, ib), np.where(a_is_winner, ib, ia)
+    return decided, np.where(a_is_winner, ia, ib), np.where(a_is_winner, ib, ia)
+
+
+def taste_margins(model: CrowdModel, cols: dict[str, np.ndarray], resp: np.ndarray,
+                  at: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """(K, judgements) leave-one-out margins for the labelled winner under each taste component.
+
+    ``at`` is ``winner_loser(model, cols)`` where the caller already has it (the annotators stage
+    indexes its judgements once for the fit): two searches over every judgement fewer.
+    """
+    out = np.full((len(model.theta), len(cols["sign"])), np.nan)
+    if not len(model.image_keys):
+        return out
+    decided, w, l = winner_loser(model, cols) if at is None else at
     for k, (theta, h) in enumerate(zip(model.theta, model.curvature)):
         out[k, decided] = leave_one_out_margin(theta[w] - theta[l], resp[decided, k], h[w], h[l])
     return out
@@ -99,18 +111,22 @@ def combine(q: np.ndarray, r: np.ndarray) -> np.ndarray:
 
 
 def judgement_evidence(model: CrowdModel, cols: dict[str, np.ndarray], resp: np.ndarray, raw: np.ndarray,
-                       reliability: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                       reliability: np.ndarray | None = None, at: tuple | None = None,
+                       group_at: tuple | None = None, entropy: bool = True) -> dict[str, np.ndarray]:
     """Every per-judgement quantity the consensus table holds, from the model and the judgement's facts.
 
     ``resp`` (judgements x K+1) are the authors' memberships, ``raw`` the (scorers x judgements)
     scorer margins for the labelled winner. ``minority`` is the taste model's posterior; without a
     taste model, the consensus combined with the author's ``reliability`` (NaN: no track record),
-    and NaN with neither (no evidence: no score). Ties never get one.
+    and NaN with neither (no evidence: no score). Ties never get one. ``at`` (``winner_loser``) and
+    ``group_at`` (``signals.positions`` of the judgements' vote groups) spare the key searches
+    where the caller has them; ``margins`` in the result are every component's (K x judgements);
+    ``entropy`` False: the votes without their entropy (the annotators stage needs only the scales).
     """
     usable = cols["sign"] != 0
-    votes = sig.other_votes(cols, model.groups)
+    votes = sig.other_votes(cols, model.groups, group_at, entropy)
     scorer_mean = mean_scorer_margin(raw, model.scorer_rms)
-    margins = taste_margins(model, cols, resp)
+    margins = taste_margins(model, cols, resp, at)
     bt = margins[model.majority] if len(margins) else np.full(len(usable), np.nan)
     has_bt = usable & ~np.isnan(bt)
     has_votes = usable & ~has_bt & (votes["total"] > 0)
@@ -129,7 +145,7 @@ def judgement_evidence(model: CrowdModel, cols: dict[str, np.ndarray], resp: np.
     elif reliability is not None:
         minority = np.where(usable & ((code > 0) | ~np.isnan(reliability)), combine(agreement, reliability), np.nan)
     return {"votes": votes, "scorer_mean": scorer_mean, "bt": bt, "code": code, "agreement": agreement,
-            "minority": minority, "vote_margin": sig.vote_margin(votes)}
+            "minority": minority, "vote_margin": sig.vote_margin(votes), "margins": margins}
 
 
 def source_names() -> list[str]:

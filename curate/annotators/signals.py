@@ -93,6 +93,20 @@ class VoteGroups(NamedTuple):
     tied: np.ndarray
 
 
+def dense_index(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values, sorted, and each value's index among them: ``np.unique(values,
+    return_inverse=True)``, by polars' dense rank, which at millions of integer keys costs a
+    tenth of numpy's unique and a third of a sorted search per value (measured on 2 cores).
+    E.g. [30, 10, 30, 20] -> ([10, 20, 30], [2, 0, 2, 1])."""
+    values = np.asarray(values)
+    if not len(values):
+        return values.copy(), np.zeros(0, np.int64)
+    index = (pl.Series(values).rank("dense").to_numpy() - 1).astype(np.int64)
+    distinct = np.empty(int(index.max()) + 1, values.dtype)
+    distinct[index] = values
+    return distinct, index
+
+
 def positions(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Where each key sits in ``sorted_keys``, and whether it is there at all (one search, many lookups)."""
     pos = np.clip(np.searchsorted(sorted_keys, keys), 0, max(len(sorted_keys) - 1, 0))
@@ -108,12 +122,16 @@ def lookup(found_at: tuple[np.ndarray, np.ndarray], values: np.ndarray, missing=
     return out
 
 
-def other_votes(cols: dict[str, np.ndarray], groups: VoteGroups) -> dict[str, np.ndarray]:
+def other_votes(cols: dict[str, np.ndarray], groups: VoteGroups,
+                at: tuple[np.ndarray, np.ndarray] | None = None, entropy: bool = True) -> dict[str, np.ndarray]:
     """Votes on the same prompt and images by everyone else (each row's own votes removed).
 
     A multi-vote row IS the crowd: its own votes are the consensus for its majority label.
+    ``at``: ``positions(groups.group, cols["group"])`` where the caller already has it; ``entropy``
+    False leaves out the votes' entropy (only the consensus table holds it; about half the cost).
     """
-    multi, at = cols["multi"], positions(groups.group, cols["group"])
+    multi = cols["multi"]
+    at = positions(groups.group, cols["group"]) if at is None else at
     own = {c: cols[c].astype(float) for c in ("lo_wins", "hi_wins", "tied")}
     lo = np.where(multi, own["lo_wins"], lookup(at, groups.lo_wins, 0) - own["lo_wins"])
     hi = np.where(multi, own["hi_wins"], lookup(at, groups.hi_wins, 0) - own["hi_wins"])
@@ -121,6 +139,8 @@ def other_votes(cols: dict[str, np.ndarray], groups: VoteGroups) -> dict[str, np
     a_is_lo = cols["key_a"] < cols["key_b"]
     for_a, for_b = np.where(a_is_lo, lo, hi), np.where(a_is_lo, hi, lo)
     agree = np.where(cols["sign"] > 0, for_a, for_b)
+    if not entropy:
+        return {"agree": agree, "total": for_a + for_b}
     every = np.stack([lo, hi, ties])
     with np.errstate(invalid="ignore", divide="ignore"):
         shares = every / every.sum(axis=0)

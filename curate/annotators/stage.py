@@ -83,7 +83,7 @@ class AnnotatorsStage(Stage):
         scorers = scorer_names(dataset)
         fit = fit_crowd(self, cols, raw, scorers, people)
         evidence = fit.evidence
-        agreed = tables.person_agreement(people, cols["who"], evidence)
+        agreed = tables.person_agreement(people, fit.who, fit.person, evidence)
         out = {"annotators": [tables.annotators_table(self, people, agreed, fit)],
                "taste_groups": [tables.taste_groups_table(fit, cols, evidence, raw, scorers)],
                "image_strengths": [tables.image_strengths_table(fit.model)],
@@ -115,7 +115,8 @@ def shard_scorer_margins(dataset: Dataset, pairs, scorers: list[str]) -> np.ndar
 
 @dataclass
 class CrowdFit:
-    """The fitted model plus what finalize needs about people (``who`` sorted, ``resp`` theirs) and judgements."""
+    """The fitted model plus what finalize needs about people (``who`` sorted, ``resp`` theirs,
+    ``person`` each judgement's index in ``who``) and judgements."""
 
     model: crowd.CrowdModel
     who: np.ndarray
@@ -124,6 +125,7 @@ class CrowdFit:
     taste: tm.TasteModel | None
     data: tm.Judgements | None
     evidence: dict
+    person: np.ndarray
     stability: object = None
 
 
@@ -135,29 +137,31 @@ def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list
     the consensus stage gives it.
     """
     known = people["who"]
-    groups = vote_groups(cols)
-    who, person = np.unique(cols["who"], return_inverse=True)
+    groups, group_index = vote_groups(cols)
+    who, person = sig.dense_index(cols["who"])
     decided = cols["sign"] != 0
-    keys = np.unique(np.concatenate([cols["key_a"][decided], cols["key_b"][decided]]))
+    keys, image = sig.dense_index(np.concatenate([cols["key_a"][decided], cols["key_b"][decided]]))
     scorer_rms = np.array([sig.rms(r) for r in raw])
     slope = crowd.fit_slope(crowd.mean_scorer_margin(raw, scorer_rms))
     scorer_names = tuple(f"scorer:{s}" for s in scorers)  # the evidence below reads the scorers' scales from these
     model = crowd.CrowdModel(np.zeros(0, np.int64), np.zeros((0, 0)), np.zeros((0, 0)), 0, 0.5, np.ones(1),
                              groups, scorer_names, scorer_rms, slope)
-    resp, taste, data, stability = np.ones((len(who), 1)), None, None, None
+    resp, taste, data, stability, at = np.ones((len(who), 1)), None, None, None, None
     if stage.bradley_terry and len(keys) >= 2:
-        data = judgements(cols, keys, person, len(who))._replace(trust=person_trust(who, people))
+        data = judgements(cols, image, len(keys), person, len(who))._replace(trust=person_trust(who, people))
+        at = (np.flatnonzero(decided), data.winner, data.loser)  # = crowd.winner_loser(model, cols), searched once
         scored = np.where(decided, crowd.scorer_agreement(raw, scorer_rms, slope), np.nan)[decided]
         model, resp, taste, stability = fit_taste_model(stage, data, model._replace(image_keys=keys), scored)
     judgement_resp = np.where(np.isin(who, known)[:, None], resp, model.share[None, :])[person]
-    evidence = crowd.judgement_evidence(model, cols, judgement_resp, raw)
+    evidence = crowd.judgement_evidence(model, cols, judgement_resp, raw, at=at,
+                                        group_at=(group_index, np.ones(len(group_index), bool)), entropy=False)
     names = list(scorer_names) + (["bradley_terry"] if taste is not None else [])
     rms = list(scorer_rms) + ([sig.rms(evidence["bt"])] if taste is not None else [])
     if np.isfinite(evidence["vote_margin"]).any():
         names.append("votes")
         rms.append(sig.rms(evidence["vote_margin"]))
     model = model._replace(signals=tuple(names), signal_rms=np.array(rms, dtype=float))
-    return CrowdFit(model, who, resp, judgement_resp, taste, data, evidence, stability)
+    return CrowdFit(model, who, resp, judgement_resp, taste, data, evidence, person, stability)
 
 
 def fit_taste_model(stage: AnnotatorsStage, data: tm.Judgements, model: crowd.CrowdModel, scored: np.ndarray):
@@ -196,19 +200,21 @@ def person_trust(who: np.ndarray, people: dict) -> np.ndarray | None:
     return trust
 
 
-def vote_groups(cols: dict) -> sig.VoteGroups:
-    """Votes per (prompt, image pair) group, summed over every judgement (sorted by group)."""
-    group, index = np.unique(cols["group"], return_inverse=True)
+def vote_groups(cols: dict) -> tuple[sig.VoteGroups, np.ndarray]:
+    """Votes per (prompt, image pair) group, summed over every judgement (sorted by group), and
+    each judgement's group index (so its other votes need no search)."""
+    group, index = sig.dense_index(cols["group"])
     count = lambda c: np.bincount(index, cols[c], len(group)).astype(np.int64)  # noqa: E731
-    return sig.VoteGroups(group, count("lo_wins"), count("hi_wins"), count("tied"))
+    return sig.VoteGroups(group, count("lo_wins"), count("hi_wins"), count("tied")), index
 
 
-def judgements(cols: dict, keys: np.ndarray, person: np.ndarray, n_people: int) -> tm.Judgements:
-    """The decided judgements as (winner, loser, person) indices for the taste model."""
+def judgements(cols: dict, image: np.ndarray, n_items: int, person: np.ndarray, n_people: int) -> tm.Judgements:
+    """The decided judgements as (winner, loser, person) indices for the taste model; ``image``
+    holds the decided judgements' A images' indices among the sorted image keys, then their B images'."""
     decided = cols["sign"] != 0
-    ia, ib = np.searchsorted(keys, cols["key_a"][decided]), np.searchsorted(keys, cols["key_b"][decided])
+    ia, ib = np.split(image, 2)
     a_won = cols["sign"][decided] > 0
-    return tm.Judgements(np.where(a_won, ia, ib), np.where(a_won, ib, ia), person[decided], len(keys), n_people)
+    return tm.Judgements(np.where(a_won, ia, ib), np.where(a_won, ib, ia), person[decided], n_items, n_people)
 
 
 def bootstrap_stability(data: tm.Judgements, weight: np.ndarray, stage: AnnotatorsStage):

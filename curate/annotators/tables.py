@@ -36,19 +36,23 @@ def merge_people(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return out
 
 
-def person_agreement(people: dict, who: np.ndarray, evidence: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def person_agreement(people: dict, who: np.ndarray, person: np.ndarray, evidence: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per person: judgements with a consensus, those it agreed with (> 1/2), and the mean minority
-    score (the expected share of their labels against the majority taste; NaN without one)."""
+    score (the expected share of their labels against the majority taste; NaN without one).
+
+    ``who`` are the distinct authors (sorted), ``person`` each judgement's index in it: the authors
+    are looked up among the people once each, not once per judgement.
+    """
     order = np.argsort(people["who"])
-    known = people["who"][order]
-    n, agreement, minority = len(known), evidence["agreement"], evidence["minority"]
-    mine = lambda has: order[np.searchsorted(known, who[has])]  # noqa: E731
-    has = ~np.isnan(agreement) & np.isin(who, known)
-    scored = ~np.isnan(minority) & np.isin(who, known)
+    pos, found = sig.positions(people["who"][order], who)
+    row = np.where(found, order[pos] if len(order) else 0, -1)[person]  # each judgement's people row; -1: no annotator id
+    n, agreement, minority = len(order), evidence["agreement"], evidence["minority"]
+    has = ~np.isnan(agreement) & (row >= 0)
+    scored = ~np.isnan(minority) & (row >= 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        against = np.bincount(mine(scored), minority[scored], n) / np.bincount(mine(scored), minlength=n)
-    return (np.bincount(mine(has), minlength=n).astype(np.int64),
-            np.bincount(mine(has), agreement[has] > 0.5, n).astype(np.int64), against)
+        against = np.bincount(row[scored], minority[scored], n) / np.bincount(row[scored], minlength=n)
+    return (np.bincount(row[has], minlength=n).astype(np.int64),
+            np.bincount(row[has], agreement[has] > 0.5, n).astype(np.int64), against)
 
 
 def group_names(model: crowd.CrowdModel) -> list[str]:
@@ -98,7 +102,7 @@ def taste_groups_table(fit, cols: dict, evidence: dict, raw: np.ndarray, scorers
         return schemas.load("taste_groups").empty()
     decided = cols["sign"] != 0
     resp = fit.judgement_resp[decided]
-    own = crowd.taste_margins(model, cols, fit.judgement_resp)[:, decided]
+    own = evidence["margins"][:, decided]  # crowd.taste_margins(model, cols, fit.judgement_resp), as fit_crowd made it
     bt, scorer = evidence["bt"][decided], evidence["scorer_mean"][decided]
     seen = np.isin(fit.who, cols["who"][decided])
     weighted = lambda values, w: float(np.sum(w * values) / np.sum(w)) if np.sum(w) > 0 else np.nan  # noqa: E731

@@ -71,31 +71,46 @@ def fit_component(data: Judgements, weight: np.ndarray, ridge: float, init: np.n
     improve the fit, and the next E-step moves the weights anyway (generalised EM).
     """
     keep = weight > 1e-9
-    rows = Comparisons(data.winner[keep], data.loser[keep], np.zeros(int(keep.sum()), bool), weight[keep])
+    if keep.all():  # the majority on all judgements: no copies of every row
+        rows = Comparisons(data.winner, data.loser, np.zeros(len(weight), bool), weight)
+    else:
+        rows = Comparisons(data.winner[keep], data.loser[keep], np.zeros(int(keep.sum()), bool), weight[keep])
     start = None if init is None else BTResult(init, 0.0, 0, True)
     return fit_comparisons(rows, data.n_items, ridge=ridge, tol=1e-4, max_iter=newton_steps, init=start).scores
 
 
 def curvature(theta: np.ndarray, data: Judgements, weight: np.ndarray, ridge: float) -> np.ndarray:
     """Each item's curvature: ridge + sum of weight p (1 - p) over its comparisons (p = P(winner wins))."""
-    p = 1.0 / (1.0 + np.exp(-(theta[data.winner] - theta[data.loser])))
+    return curvature_at(theta[data.winner] - theta[data.loser], data, weight, ridge)
+
+
+def curvature_at(d: np.ndarray, data: Judgements, weight: np.ndarray, ridge: float,
+                 p: np.ndarray | None = None) -> np.ndarray:
+    """``curvature`` from the judgements' margins d = theta[winner] - theta[loser], already gathered
+    (and p = sigmoid(d), where the caller has it)."""
+    p = 1.0 / (1.0 + np.exp(-d)) if p is None else p
     spread = weight * p * (1 - p)
     return ridge + np.bincount(data.winner, spread, data.n_items) + np.bincount(data.loser, spread, data.n_items)
 
 
-def leave_one_out_margin(d: np.ndarray, weight: np.ndarray, h_winner: np.ndarray, h_loser: np.ndarray) -> np.ndarray:
+def leave_one_out_margin(d: np.ndarray, weight: np.ndarray, h_winner: np.ndarray, h_loser: np.ndarray,
+                         p: np.ndarray | None = None) -> np.ndarray:
     """The margin d = theta[w] - theta[l] with the judgement's own pull removed (one Newton step).
 
     A judgement of weight r pulls d up by about r (1 - sigmoid(d)) (1/h_w + 1/h_l), h the items'
-    curvatures: e.g. d = 0, r = 1, h_w = h_l = 2 gives 0 - 0.5 * 1 = -0.5.
+    curvatures: e.g. d = 0, r = 1, h_w = h_l = 2 gives 0 - 0.5 * 1 = -0.5. ``p``: sigmoid(d), where
+    the caller has it.
     """
-    return d - weight * (1.0 - 1.0 / (1.0 + np.exp(-d))) * (1.0 / h_winner + 1.0 / h_loser)
+    p = 1.0 / (1.0 + np.exp(-d)) if p is None else p
+    return d - weight * (1.0 - p) * (1.0 / h_winner + 1.0 / h_loser)
 
 
 def component_margins(theta: np.ndarray, data: Judgements, weight: np.ndarray, ridge: float) -> np.ndarray:
     """Leave-one-out margins of every judgement under one component."""
-    h = curvature(theta, data, weight, ridge)
-    return leave_one_out_margin(theta[data.winner] - theta[data.loser], weight, h[data.winner], h[data.loser])
+    d = theta[data.winner] - theta[data.loser]  # gathered once: the curvature and the margin both start from it
+    p = 1.0 / (1.0 + np.exp(-d))
+    h = curvature_at(d, data, weight, ridge, p)
+    return leave_one_out_margin(d, weight, h[data.winner], h[data.loser], p)
 
 
 def judgement_log_likelihoods(theta: np.ndarray, resp: np.ndarray, data: Judgements, ridge: float) -> np.ndarray:
