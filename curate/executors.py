@@ -46,18 +46,23 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 def one_thread():
     """Numerical libraries on one thread while the block runs, as in a Dask worker; restored after.
 
-    The variables hold libraries first imported inside the block; torch, when it is already
-    loaded, is set directly (and restored, so work outside the executor, training, keeps its cores).
+    The variables hold libraries first imported inside the block; torch and Arrow's compute pool
+    (which a Dask worker's OMP_NUM_THREADS=1 sizes to one thread) are set directly, and restored, so
+    work outside the executor (training, the driver's merges) keeps its cores.
     """
+    import pyarrow as pa
+
     saved = {v: os.environ.get(v) for v in THREAD_VARIABLES}
     torch = sys.modules.get("torch")
-    threads = torch.get_num_threads() if torch else None
+    threads, arrow_threads = (torch.get_num_threads() if torch else None), pa.cpu_count()
     os.environ.update({v: "1" for v in THREAD_VARIABLES})
+    pa.set_cpu_count(1)
     if torch:
         torch.set_num_threads(1)
     try:
         yield
     finally:
+        pa.set_cpu_count(arrow_threads)
         for v, value in saved.items():
             if value is None:
                 os.environ.pop(v, None)
@@ -98,8 +103,14 @@ class DaskExecutor(Executor):
         if scheduler:
             self.client = Client(scheduler, timeout="30s")
         else:
-            self._cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                                         dashboard_address=dashboard_address() if dashboard else None)
+            import dask
+
+            # Dask sets MALLOC_TRIM_THRESHOLD_ in its workers, which turns off glibc's adaptive mmap
+            # threshold: every large array is then mapped and unmapped afresh, and CPU embedding ran
+            # 1.5x slower than in-process (benchmarks/pipeline.py). Our workers keep glibc's default.
+            with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+                self._cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                                             dashboard_address=dashboard_address() if dashboard else None)
             self.client = Client(self._cluster)
         self.dashboard = _dashboard_link(self.client) if dashboard else None
         # Workers import what the data stages' tasks need once, as part of starting (counted there),
@@ -132,7 +143,7 @@ class DaskExecutor(Executor):
 # torch and open_clip are left to the stages that need them.
 WARM_MODULES = ("numpy", "pyarrow.compute", "pyarrow.parquet", "polars", "curate.runner", "curate.ingest.stage",
                 "curate.annotators.stage", "curate.annotators.consensus", "curate.annotators.flag",
-                "curate.clip.scores", "curate.clip.filters")
+                "curate.clip.scores", "curate.clip.filters", "pandas")
 
 
 def warm_imports(modules: Sequence[str] = WARM_MODULES) -> None:

@@ -15,15 +15,20 @@ runner = CliRunner()
 
 
 def _task_threads(_item) -> tuple[int, dict]:
-    return torch.get_num_threads(), {v: os.environ.get(v) for v in THREAD_VARIABLES}
+    import pyarrow as pa
+
+    return max(torch.get_num_threads(), pa.cpu_count()), {v: os.environ.get(v) for v in THREAD_VARIABLES}
 
 
 def test_in_process_tasks_run_on_one_thread_and_the_process_gets_its_threads_back():
+    import pyarrow as pa
+
     torch.set_num_threads(2)
+    pa.set_cpu_count(2)
     before = {v: os.environ.get(v) for v in THREAD_VARIABLES}
     [(threads, env)] = LocalExecutor().map(_task_threads, [0], desc="probe")
     assert threads == 1 and set(env.values()) == {"1"}
-    assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == 2 and pa.cpu_count() == 2
     assert {v: os.environ.get(v) for v in THREAD_VARIABLES} == before
 
 
