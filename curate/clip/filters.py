@@ -232,9 +232,9 @@ class FilterStage(Stage):
         rows = np.flatnonzero(candidates)
         if self.rules.duplicate_epsilon is None or len(rows) < 2:
             return out
-        ids_a = [pairs["image_a_id"][i].as_py() for i in rows]
-        ids_b = [pairs["image_b_id"][i].as_py() for i in rows]
-        prompts = pairs["prompt_id"].take(pa.array(rows)).to_numpy(zero_copy_only=False)
+        taken = pairs.select(["prompt_id", "image_a_id", "image_b_id"]).take(pa.array(rows))
+        ids_a, ids_b = taken["image_a_id"].to_pylist(), taken["image_b_id"].to_pylist()
+        prompts = taken["prompt_id"].to_numpy(zero_copy_only=False)
         # One unit per (prompt, unordered image pair), in pair_id order: repeat judgements travel together.
         exact = np.array([f"{p}|{min(x, y)}|{max(x, y)}" for p, x, y in zip(prompts, ids_a, ids_b)], dtype=object)
         _, first, unit_of = np.unique(exact, return_index=True, return_inverse=True)
