@@ -38,6 +38,14 @@ def test_dense_index_is_numpys_unique_with_inverse():
         np.testing.assert_array_equal(index, inverse.ravel())
 
 
+def test_search_sorted_is_numpys_searchsorted():
+    assert signals.search_sorted(np.array([10, 20, 30]), np.array([30, 5, 20])).tolist() == [2, 0, 1]
+    rng = np.random.default_rng(6)
+    for keys in (np.unique(rng.integers(0, 2**60, 20000)), np.arange(0, 300, 3), np.zeros(0, np.int64)):
+        for queries in (rng.integers(-10, 2**60, 5000), rng.integers(-10, 400, 3000), rng.integers(0, 50, 10)):
+            np.testing.assert_array_equal(signals.search_sorted(keys, queries), np.searchsorted(keys, queries))
+
+
 def test_flag_metric_groups_pairs_by_present_signals():
     # Each pair's u, a, s come from the signals it has (>= 2); fewer than 2: NaN. Checked pair by
     # pair against minority_score on that pair's own signals.

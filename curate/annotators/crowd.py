@@ -79,8 +79,8 @@ def winner_loser(model: CrowdModel, cols: dict[str, np.ndarray]) -> tuple[np.nda
     """
     sign = cols["sign"]
     decided = np.flatnonzero(sign != 0)
-    ia = np.searchsorted(model.image_keys, cols["key_a"][decided])
-    ib = np.searchsorted(model.image_keys, cols["key_b"][decided])
+    ia = sig.search_sorted(model.image_keys, cols["key_a"][decided])
+    ib = sig.search_sorted(model.image_keys, cols["key_b"][decided])
     a_is_winner = sign[decided] > 0
     return decided, np.where(a_is_winner, ia, ib), np.where(a_is_winner, ib, ia)
 

@@ -107,9 +107,22 @@ def dense_index(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return distinct, index
 
 
+def search_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(sorted_keys, keys)``, the keys searched in sorted order: each search then
+    starts near the last one, in cache. For 500k random keys into 4M, 0.07 s instead of 0.44 s
+    (measured, one core). E.g. ([10, 20, 30], [30, 5, 20]) -> [2, 0, 1]."""
+    keys = np.asarray(keys)
+    if len(keys) < 1024:
+        return np.searchsorted(sorted_keys, keys)
+    order = np.argsort(keys)
+    out = np.empty(len(keys), np.intp)
+    out[order] = np.searchsorted(sorted_keys, keys[order])
+    return out
+
+
 def positions(sorted_keys: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Where each key sits in ``sorted_keys``, and whether it is there at all (one search, many lookups)."""
-    pos = np.clip(np.searchsorted(sorted_keys, keys), 0, max(len(sorted_keys) - 1, 0))
+    pos = np.clip(search_sorted(sorted_keys, keys), 0, max(len(sorted_keys) - 1, 0))
     found = (sorted_keys[pos] == keys) if len(sorted_keys) else np.zeros(len(keys), bool)
     return pos, found
 
