@@ -104,7 +104,7 @@ def taste_groups_table(fit, cols: dict, evidence: dict, raw: np.ndarray, scorers
     resp = fit.judgement_resp[decided]
     own = evidence["margins"][:, decided]  # crowd.taste_margins(model, cols, fit.judgement_resp), as fit_crowd made it
     bt, scorer = evidence["bt"][decided], evidence["scorer_mean"][decided]
-    seen = np.isin(fit.who, cols["who"][decided])
+    seen = np.bincount(fit.person[decided], minlength=len(fit.who)) > 0  # = np.isin(fit.who, cols["who"][decided])
     weighted = lambda values, w: float(np.sum(w * values) / np.sum(w)) if np.sum(w) > 0 else np.nan  # noqa: E731
     rows = []
     for k, name in enumerate(group_names(model)):
