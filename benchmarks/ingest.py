@@ -8,8 +8,10 @@ then, each in a fresh process so peak RSS is its own: (1) baseline: pyarrow read
 batch and writes it as an Arrow IPC file, nothing else, with Arrow's threads; (2) the same copy
 written zstd-compressed, the IPC format prefcurate's metadata tables use (the codec's cost is the
 format's, not ingest's); (3) that zstd copy on one core (`pa.set_cpu_count(1)`), as an in-process
-shard runs: like for like; (4) `prefcurate ingest` in-process. The ratio ingest/baseline is the cost of validation,
-hashing, dedup and the rejects path (target <= 1.5, against the plain copy).
+shard runs: like for like; (4) `prefcurate ingest` in-process; (5) `prefcurate ingest --executor dask
+--workers 2`, a LocalCluster started before the clock (its start-up is printed apart): two cores, as
+the threaded copy (1) has. The ratio ingest/baseline is the cost of validation, hashing, dedup and
+the rejects path (target <= 1.5, against the plain copy).
 Peak RSS is printed for the input and for a quarter of it: flat means memory follows the shard size.
 """
 from __future__ import annotations
@@ -54,23 +56,30 @@ def baseline(files: list[Path], out: Path, compression: str | None = None) -> No
                 writer.write_batch(batch)
 
 
-def ingest(files: list[Path], out: Path) -> dict:
+def ingest(files: list[Path], out: Path, executor=None) -> dict:
     from curate.ingest.stage import IngestStage
     from curate.runner import run_stage
 
-    return run_stage(IngestStage(files=[str(f) for f in files], format="pickapic"), out).stats
+    return run_stage(IngestStage(files=[str(f) for f in files], format="pickapic"), out, executor).stats
 
 
 def child(kind: str, source: Path, out: Path) -> None:
-    if kind == "ingest":  # import once before the clock starts: throughput, not start-up, is measured
+    pool, startup = None, 0.0
+    if kind.startswith("ingest"):  # import once before the clock starts: throughput, not start-up, is measured
         import polars  # noqa: F401
 
         import curate.ingest.stage  # noqa: F401
+    if kind == "ingest-dask2":
+        from curate.executors import make_executor
+
+        started = time.perf_counter()
+        pool = make_executor("dask", workers=2).__enter__()
+        startup = time.perf_counter() - started
     files = sorted(source.glob("*.parquet"))
     shutil.rmtree(out, ignore_errors=True)
     started = time.perf_counter()
-    if kind == "ingest":
-        stats = ingest(files, out)
+    if kind.startswith("ingest"):
+        stats = ingest(files, out, pool)
     else:
         if kind == "baseline-zstd-1core":
             import pyarrow as pa
@@ -78,7 +87,9 @@ def child(kind: str, source: Path, out: Path) -> None:
             pa.set_cpu_count(1)
         stats = baseline(files, out, compression="zstd" if kind.startswith("baseline-zstd") else None)
     seconds = time.perf_counter() - started
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_rss_mb(),
+    if pool is not None:
+        pool.__exit__(None, None, None)
+    print(json.dumps({"seconds": seconds, "startup": startup, "peak_rss_mb": peak_rss_mb(),
                       "stats": stats or {}}))
 
 
@@ -95,6 +106,7 @@ def run_case(name: str, pairs: int, images: bool, work: Path) -> None:
     base, base_zstd = measure("baseline", source, work), measure("baseline-zstd", source, work)
     base_one = measure("baseline-zstd-1core", source, work)
     ours = measure("ingest", source, work)
+    ours_dask = measure("ingest-dask2", source, work)
     ours_small = measure("ingest", small, work)
     rows = ours["stats"].get("items", 0)
     print(f"\n== {name}: {rows:,} pairs, {size_mb:,.0f} MB of parquet ==")
@@ -106,8 +118,13 @@ def run_case(name: str, pairs: int, images: bool, work: Path) -> None:
           f"{size_mb / base_one['seconds']:7.1f} MB/s  peak RSS {base_one['peak_rss_mb']:,.0f} MB")
     print(f"prefcurate ingest           : {ours['seconds']:7.2f} s  {rows / ours['seconds']:>10,.0f} pairs/s  "
           f"{size_mb / ours['seconds']:7.1f} MB/s  peak RSS {ours['peak_rss_mb']:,.0f} MB")
+    print(f"prefcurate ingest, Dask x2  : {ours_dask['seconds']:7.2f} s  {rows / ours_dask['seconds']:>10,.0f} pairs/s  "
+          f"{size_mb / ours_dask['seconds']:7.1f} MB/s  (+ {ours_dask['startup']:.1f} s cluster start-up)  driver peak RSS "
+          f"{ours_dask['peak_rss_mb']:,.0f} MB")
     print(f"ratio ingest / baseline     : {ours['seconds'] / base['seconds']:.2f}  (target <= 1.5); against the zstd copy: "
           f"{ours['seconds'] / base_zstd['seconds']:.2f}, on one core: {ours['seconds'] / base_one['seconds']:.2f}")
+    print(f"ratio Dask x2 / baseline    : {ours_dask['seconds'] / base['seconds']:.2f} (both on two cores); against the zstd "
+          f"copy: {ours_dask['seconds'] / base_zstd['seconds']:.2f}")
     print(f"peak RSS at 1/4 the input   : {ours_small['peak_rss_mb']:,.0f} MB (vs {ours['peak_rss_mb']:,.0f} MB at full size)")
 
 
