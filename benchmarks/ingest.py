@@ -64,32 +64,32 @@ def ingest(files: list[Path], out: Path, executor=None) -> dict:
 
 
 def child(kind: str, source: Path, out: Path) -> None:
-    pool, startup = None, 0.0
+    from contextlib import ExitStack
+
     if kind.startswith("ingest"):  # import once before the clock starts: throughput, not start-up, is measured
         import polars  # noqa: F401
 
         import curate.ingest.stage  # noqa: F401
-    if kind == "ingest-dask2":
-        from curate.executors import make_executor
+    with ExitStack() as stack:
+        pool, started = None, time.perf_counter()
+        if kind == "ingest-dask2":
+            from curate.executors import make_executor
 
-        started = time.perf_counter()
-        pool = make_executor("dask", workers=2).__enter__()
+            pool = stack.enter_context(make_executor("dask", workers=2))
         startup = time.perf_counter() - started
-    files = sorted(source.glob("*.parquet"))
-    shutil.rmtree(out, ignore_errors=True)
-    started = time.perf_counter()
-    if kind.startswith("ingest"):
-        stats = ingest(files, out, pool)
-    else:
-        if kind == "baseline-zstd-1core":
-            import pyarrow as pa
+        files = sorted(source.glob("*.parquet"))
+        shutil.rmtree(out, ignore_errors=True)
+        started = time.perf_counter()
+        if kind.startswith("ingest"):
+            stats = ingest(files, out, pool)
+        else:
+            if kind == "baseline-zstd-1core":
+                import pyarrow as pa
 
-            pa.set_cpu_count(1)
-        stats = baseline(files, out, compression="zstd" if kind.startswith("baseline-zstd") else None)
-    seconds = time.perf_counter() - started
-    if pool is not None:
-        pool.__exit__(None, None, None)
-    print(json.dumps({"seconds": seconds, "startup": startup, "peak_rss_mb": peak_rss_mb(),
+                pa.set_cpu_count(1)
+            stats = baseline(files, out, compression="zstd" if kind.startswith("baseline-zstd") else None)
+        seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "startup": startup if pool else 0.0, "peak_rss_mb": peak_rss_mb(),
                       "stats": stats or {}}))
 
 
