@@ -24,7 +24,9 @@ The runner owns everything else:
 - the stage's manifest (runs/<stage>/manifest.json) is written last of all: it is the commit;
 - a fingerprint of stage version, config and input checksums guards ``resume``;
 - later passes run as their first pass ran: skipped (``skip_complete``) only when it was skipped,
-  resumed when it resumed, so they never keep results that describe files the first pass redid.
+  resumed when it resumed, so they never keep results that describe files the first pass redid;
+- stages a stage needs first (``Stage.needs``, e.g. a shuffle of its inputs by bucket) run before
+  it, or are reused when complete under the same fingerprint.
 
 Executors (curate.executors) only map a picklable function over shard specs; they never look inside a stage.
 Output bytes depend only on the inputs and the config: not on the executor or the worker count.
@@ -142,6 +144,11 @@ class Stage:
         stats, so those keep describing its tables as they are after this pass."""
         return {}
 
+    def needs(self, dataset: Dataset) -> list["Stage"]:
+        """Stages whose results this one reads (e.g. a shuffle that groups its inputs by bucket): the
+        runner runs each first, with its later passes, unless it is complete under the same fingerprint."""
+        return []
+
     def then(self) -> list["Stage"]:
         """Later passes of the same command: stages that read this one's tables, run after it commits
         (a later pass has no later passes of its own)."""
@@ -195,6 +202,7 @@ class StageReport:
     wall_seconds: float
     already_complete: bool = False
     passes: list["StageReport"] = field(default_factory=list)  # reports of the stage's later passes (Stage.then)
+    needs: list["StageReport"] = field(default_factory=list)  # reports of the stages it needed first (Stage.needs)
 
 
 def _run_shard(job: tuple[Stage, Any, int, str]) -> ShardResult:
@@ -335,7 +343,8 @@ def run_stage(stage: Stage, dataset: Dataset | str | Path, executor: Executor | 
     ``resume``: keep the shards an interrupted run finished (refused if the fingerprint changed).
     ``skip_complete``: do nothing if a finished run with the same fingerprint exists (pipelines).
     Without either, earlier outputs of this stage are removed and everything is recomputed.
-    The stage's later passes (``Stage.then``) run after it, each committed as a stage of its own.
+    The stage's later passes (``Stage.then``) run after it, each committed as a stage of its own; the
+    stages it needs (``Stage.needs``) run before it unless they are complete (``skip_complete``).
     """
     dataset = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
     with dataset.writer(stage.name):  # one writer at a time (curate.lock); the stage may read its own run
@@ -344,7 +353,9 @@ def run_stage(stage: Stage, dataset: Dataset | str | Path, executor: Executor | 
 
 def _run_locked(stage: Stage, dataset: Dataset, executor: Executor | None, resume: bool, skip_complete: bool):
     executor = executor or LocalExecutor()
+    needed = [_run_locked(need, dataset, executor, resume, True) for need in stage.needs(dataset)]
     report = _run_one(stage, dataset, executor, resume, skip_complete)
+    report.needs = needed
     # A later pass is skipped only when its first pass was: a first pass that ran again (from scratch or
     # resumed) may have new files that the later passes' committed results do not describe.
     later_skip, passes = skip_complete and report.already_complete, stage.then()

@@ -310,3 +310,79 @@ def test_dedup_keeps_repeat_judgements_and_removes_re_encoded_copies(tmp_path, t
         assert verdict == {"ann1": [], "ann2": [], "ann3": ["semantic_duplicate"]}
     else:
         assert verdict == {"ann1": ["semantic_duplicate"], "ann2": ["semantic_duplicate"], "ann3": []}
+
+
+# ------------------------------------------------------------------------------------- the shuffle
+def _two_generations(root, tiny_model) -> tuple[Dataset, str]:
+    """6 prompts embedded in image files of 3, then 3 more prompts in files of 2: two generations."""
+    write_world(root, n_prompts=6)
+    key = embed_dataset(root, resolve(tiny_model), options=OPTIONS, images_per_shard=3).model
+    write_world(root, seed=1, n_prompts=3, corrupt=None, shard="00001")
+    embed_dataset(root, resolve(tiny_model), options=OPTIONS, images_per_shard=2)
+    return Dataset(root), key
+
+
+def test_the_partition_gives_each_bucket_what_a_scan_of_the_tables_finds(tmp_path, tiny_model):
+    from curate.clip import partition as shuffle
+
+    ds, key = _two_generations(tmp_path, tiny_model)
+    columns = list(shuffle.PAIR_COLUMNS)
+    pairs = ds.read_table("pairs", columns)
+    stored = {t: {r[c]: np.array(r["embedding"], np.float32) for r in ds.read_table(t).to_pylist()}
+              for t, c in (("image_embeddings", "image_id"), ("prompt_embeddings", "prompt_id"))}
+    for buckets, files_per_task in ((1, 25), (3, 1), (4, 2)):
+        stage = shuffle.partition_stage(ds, key, buckets, files_per_task)
+        assert sum(t.table == "image_embeddings" for t in stage.layout) > 1 or files_per_task == 25
+        report = run_stage(stage, ds)
+        assert report.stats["partition:pairs"] == pairs.num_rows == 18 + 9
+        part = shuffle.partition_of(ds, stage)
+        seen_pairs = 0
+        for b in range(buckets):
+            expected = pairs.filter(pa.array(bucket_of(pairs["prompt_id"], buckets) == b))
+            got = shuffle.bucket_pairs(ds, part, b, columns)
+            assert got.to_pylist() == expected.to_pylist()  # the same rows, in the pairs table's order
+            seen_pairs += got.num_rows
+            images = shuffle.bucket_embeddings(ds, part, b, "image_embeddings")
+            shown = set(expected["image_a_id"].to_pylist() + expected["image_b_id"].to_pylist())
+            assert set(images) == shown & set(stored["image_embeddings"])  # the corrupt image has none
+            prompts = shuffle.bucket_embeddings(ds, part, b, "prompt_embeddings")
+            assert set(prompts) == set(expected["prompt_id"].to_pylist())
+            for found, table in ((images, "image_embeddings"), (prompts, "prompt_embeddings")):
+                for k, v in found.items():
+                    assert v == pytest.approx(stored[table][k] / np.linalg.norm(stored[table][k]), abs=1e-6)
+        assert seen_pairs == pairs.num_rows
+
+
+def test_clip_scores_and_filter_do_not_depend_on_the_bucket_count(tmp_path, tiny_model):
+    from curate.clip.scores import ClipScoreStage
+
+    ds, key = _two_generations(tmp_path, tiny_model)
+    rules = FilterRules(model=key, min_score_quantile=0.3, max_image_cosine=0.999)
+    results = []
+    for buckets in (1, 3):
+        run_stage(ClipScoreStage(key, buckets), ds)
+        stage = build_filter_stage(ds, rules)
+        report = run_stage(type(stage)(stage.rules, stage.threshold, buckets), ds)
+        assert [p.stage for p in report.needs] == [f"clip-partition-{key_slug(key)}"]
+        assert report.needs[0].already_complete  # the scores stage made it for the same count
+        results.append({t: sorted(ds.read_table(t).to_pylist(), key=lambda r: tuple(map(str, r.values())))
+                        for t in ("clip_scores", "scores", "filters")})
+    assert results[0] == results[1]
+    assert sum(not r["keep"] for r in results[0]["filters"]) > 0
+
+
+def test_filter_asks_for_the_scores_of_the_current_pairs(tmp_path, tiny_model):
+    from curate.clip.scores import ClipScoreStage
+    from curate.dataset import DatasetError
+
+    ds, key = _two_generations(tmp_path, tiny_model)
+    run_stage(ClipScoreStage(key, 2), ds)  # scores in 2 buckets: the filter's bucket 0 of 1 is not a file of theirs
+    stage = build_filter_stage(ds, FilterRules(model=key))
+    with pytest.raises(DatasetError, match="run `prefcurate embed"):
+        stage.plan(ds)
+
+
+def key_slug(key: str) -> str:
+    from curate.clip.embed import model_slug
+
+    return model_slug(key)

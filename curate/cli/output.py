@@ -83,8 +83,8 @@ def _command_name(context) -> str:
 
 
 def stage_summary(report) -> dict:
-    """A stage's report (and its later passes') as data: counters, rows per table written, seconds."""
-    reports = [report, *report.passes]
+    """A stage's report (and its later passes' and the stages' it needed first) as data: counters, rows per table written, seconds."""
+    reports = [r for need in report.needs for r in (need, *need.passes)] + [report, *report.passes]
     return {"dataset_stage": report.stage, "already_complete": report.already_complete,
             "tables": {t: entry["rows"] for r in reports for t, entry in r.tables.items()},
             "stats": {k: v for r in reports for k, v in r.stats.items()},

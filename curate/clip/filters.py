@@ -21,7 +21,6 @@ Nothing is deleted: every pair gets a row (pair_id, keep, reasons).
 """
 from __future__ import annotations
 
-import math
 import tomllib
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -31,13 +30,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate import schema as schemas
-from curate.clip.scores import bucket_pairs, lookup_embeddings
-from curate.dataset import Dataset, DatasetError
-from curate.runner import ShardContext, Stage
+from curate.clip import partition as shuffle
+from curate.clip.scores import score_bucket_count
+from curate.dataset import Dataset, DatasetError, read_shard
+from curate.runner import ShardContext, Stage, is_complete
 
 RULES = ("unscored", "low_prompt_score", "near_identical_images", "semantic_duplicate")
 SCORE_OF = ("max", "min", "mean")
-PAIRS_PER_SHARD = 100_000
 LSH_BANDS, LSH_BITS = 8, 8  # P(miss) for two pairs at epsilon 0.01 is about 0.5% (see duplicate_clusters)
 
 
@@ -186,14 +185,32 @@ class FilterStage(Stage):
     def config(self) -> dict:
         return {"rules": asdict(self.rules), "min_score_resolved": self.threshold, "buckets": self.buckets}
 
-    def plan(self, dataset: Dataset) -> list[int]:
-        return list(range(self.buckets))
+    def needs(self, dataset: Dataset) -> list[Stage]:
+        return [shuffle.partition_stage(dataset, self.rules.model, self.buckets)]
 
-    def process(self, bucket: int, ctx: ShardContext):
-        pairs = bucket_pairs(ctx.dataset, bucket, self.buckets, ["prompt_id", "pair_id", "image_a_id", "image_b_id"])
-        pairs = pairs.join(self._clip_rows(ctx.dataset, pairs["pair_id"]), "pair_id", join_type="left outer")
+    def plan(self, dataset: Dataset) -> list[dict]:
+        part = shuffle.partition_of(dataset, shuffle.partition_stage(dataset, self.rules.model, self.buckets))
+        return [{"bucket": b, "partition": part, "clip_scores": self._clip_file(dataset, b)} for b in range(self.buckets)]
+
+    def _clip_file(self, ds: Dataset, bucket: int) -> str:
+        """The clip_scores file of the bucket: the scores stage wrote bucket b of the same count to shard b."""
+        from curate.clip.scores import ClipScoreStage
+
+        scores = ClipScoreStage(self.rules.model, self.buckets)
+        path = ds.table_dir("clip_scores") / scores.shard_file("clip_scores", bucket)
+        if not is_complete(scores, ds) or path not in ds.shards("clip_scores"):
+            raise DatasetError(f"{ds.table_dir('clip_scores')}: no current CLIP scores of model {self.rules.model!r} "
+                               f"in {self.buckets} prompt buckets (the pairs changed since they were computed, or "
+                               f"they never were); run `prefcurate embed {ds.root} --model ...` with that model again")
+        return str(path)
+
+    def process(self, spec: dict, ctx: ShardContext):
+        part, bucket = spec["partition"], spec["bucket"]
+        pairs = shuffle.bucket_pairs(ctx.dataset, part, bucket, ["prompt_id", "pair_id", "image_a_id", "image_b_id"])
+        clip = read_shard(spec["clip_scores"], ["pair_id", "score_a", "score_b", "image_cosine"])
+        pairs = pairs.join(clip, "pair_id", join_type="left outer")
         pairs = pairs.sort_by("pair_id")  # the smallest pair_id of a duplicate cluster is the one kept
-        flags = self._flags(ctx.dataset, pairs)
+        flags = self._flags(pairs, shuffle.bucket_embeddings(ctx.dataset, part, bucket, "image_embeddings"))
         reasons = [[rule for rule in RULES if flags[rule][i]] for i in range(pairs.num_rows)]
         ctx.stats["pairs_in"] += pairs.num_rows
         for rule, count in funnel_counts(flags).items():
@@ -204,14 +221,7 @@ class FilterStage(Stage):
             [pairs["pair_id"].combine_chunks(), pa.array([not r for r in reasons], pa.bool_()),
              pa.array(reasons, pa.list_(pa.string()))], schema=schemas.load("filters").arrow())
 
-    def _clip_rows(self, ds: Dataset, pair_ids) -> pa.Table:
-        parts = []
-        for batch in ds.read_batches("clip_scores", ["pair_id", "model", "score_a", "score_b", "image_cosine"]):
-            keep = pc.and_(pc.equal(batch.column(1), self.rules.model), pc.is_in(batch.column(0), value_set=pair_ids.combine_chunks()))
-            parts.append(pa.Table.from_batches([batch.filter(keep)]).drop_columns(["model"]))
-        return pa.concat_tables(parts)
-
-    def _flags(self, ds: Dataset, pairs: pa.Table) -> dict[str, np.ndarray]:
+    def _flags(self, pairs: pa.Table, embeddings: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         r = self.rules
         n = pairs.num_rows
         score_a = pairs["score_a"].to_numpy(zero_copy_only=False).astype(np.float32)  # nulls become NaN
@@ -223,10 +233,10 @@ class FilterStage(Stage):
         flags["low_prompt_score"] = ~unscored & (reduced < self.threshold) if self.threshold is not None else np.zeros(n, bool)
         flags["near_identical_images"] = (np.nan_to_num(cosine, nan=-1) > r.max_image_cosine) if r.max_image_cosine is not None \
             else np.zeros(n, bool)
-        flags["semantic_duplicate"] = self._duplicates(ds, pairs, ~(unscored | flags["low_prompt_score"] | flags["near_identical_images"]))
+        flags["semantic_duplicate"] = self._duplicates(embeddings, pairs, ~(unscored | flags["low_prompt_score"] | flags["near_identical_images"]))
         return flags
 
-    def _duplicates(self, ds: Dataset, pairs: pa.Table, candidates: np.ndarray) -> np.ndarray:
+    def _duplicates(self, found: dict[str, np.ndarray], pairs: pa.Table, candidates: np.ndarray) -> np.ndarray:
         """Candidates (pairs no earlier rule removed) that duplicate a smaller-pair_id candidate."""
         out = np.zeros(pairs.num_rows, bool)
         rows = np.flatnonzero(candidates)
@@ -242,7 +252,6 @@ class FilterStage(Stage):
         rank = np.empty_like(order)
         rank[order] = np.arange(len(order))
         unit_rows = first[order]
-        found = lookup_embeddings(ds, "image_embeddings", "image_id", self.rules.model, pa.array(sorted(set(ids_a + ids_b))))
         a = np.stack([found[ids_a[i]] for i in unit_rows])
         b = np.stack([found[ids_b[i]] for i in unit_rows])
         groups = np.unique(prompts[unit_rows], return_inverse=True)[1]
@@ -252,14 +261,10 @@ class FilterStage(Stage):
         return out
 
 
-def filter_bucket_count(ds: Dataset) -> int:
-    return max(1, math.ceil(ds.num_rows("pairs") / PAIRS_PER_SHARD))
-
-
 def build_filter_stage(ds: Dataset, rules: FilterRules) -> FilterStage:
     ds.require("pairs", hint="run `prefcurate ingest` first")
     resolved, threshold = resolve_rules(ds, rules)
-    return FilterStage(resolved, threshold, filter_bucket_count(ds))
+    return FilterStage(resolved, threshold, score_bucket_count(ds))
 
 
 def funnel_lines(stats: dict[str, int], pairs_total: int) -> list[str]:

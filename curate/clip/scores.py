@@ -11,22 +11,20 @@ The stage writes two tables:
   where an image or the prompt has no embedding (no bytes, or a decoding failure).
 
 Pairs are split into buckets by prompt_id, so every (image, prompt) of a prompt lands in one shard
-and the scores table has each key once.
+and the scores table has each key once; a task reads its bucket's pairs and embeddings from the
+shuffle it needs first (curate.clip.partition), never the whole tables.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from curate import schema as schemas
-from curate.clip.embed import bucket_of, model_slug
+from curate.clip import partition as shuffle
+from curate.clip.embed import model_slug
 from curate.dataset import Dataset
 from curate.runner import ShardContext, Stage
 
-PAIRS_PER_SHARD = 100_000  # each shard scans the embedding tables once: few, large shards (10 at 1M pairs)
 
 
 def row_cosines(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -48,27 +46,6 @@ def winner_margin(score_a: np.ndarray, score_b: np.ndarray, label: np.ndarray) -
     return np.where(label == "a", diff, np.where(label == "b", -diff, np.float32(0))).astype(np.float32)
 
 
-def lookup_embeddings(ds: Dataset, table: str, key_column: str, model: str, wanted: pa.Array) -> dict[str, np.ndarray]:
-    """Embeddings (float32, renormalised after float16 storage) of the ``wanted`` ids for ``model``.
-
-    Streams the table shard by shard and keeps only the wanted rows, so memory follows the request.
-    """
-    found: dict[str, np.ndarray] = {}
-    if not ds.has(table) or not len(wanted):
-        return found
-    for batch in ds.read_batches(table, [key_column, "model", "embedding"]):
-        keep = pc.and_(pc.equal(batch.column(1), model), pc.is_in(batch.column(0), value_set=wanted))
-        rows = batch.filter(keep)
-        if not rows.num_rows:
-            continue
-        emb = rows.column(2)
-        matrix = emb.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(emb), emb.type.list_size)
-        matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-        for key, vector in zip(rows.column(0).to_pylist(), matrix):
-            found.setdefault(key, vector)
-    return found
-
-
 def gather(found: dict[str, np.ndarray], ids: list[str], width: int) -> tuple[np.ndarray, np.ndarray]:
     """Matrix of the embeddings of ``ids`` (zeros where missing) and the mask of those found."""
     present = np.array([i in found for i in ids], dtype=bool)
@@ -76,15 +53,6 @@ def gather(found: dict[str, np.ndarray], ids: list[str], width: int) -> tuple[np
     if present.any():
         matrix[present] = np.stack([found[i] for i, p in zip(ids, present) if p])
     return matrix, present
-
-
-def bucket_pairs(ds: Dataset, bucket: int, buckets: int, columns: list[str]) -> pa.Table:
-    """The pairs whose prompt_id falls in ``bucket`` (``columns`` must start with prompt_id)."""
-    parts = []
-    for batch in ds.read_batches("pairs", columns):
-        mine = bucket_of(batch.column(0), buckets) == bucket
-        parts.append(pa.Table.from_batches([batch.filter(pa.array(mine))]))
-    return pa.concat_tables(parts) if parts else pa.table({c: pa.array([], pa.string()) for c in columns})
 
 
 class ClipScoreStage(Stage):
@@ -101,15 +69,19 @@ class ClipScoreStage(Stage):
     def config(self) -> dict:
         return {"model": self.model_key, "buckets": self.buckets}
 
-    def plan(self, dataset: Dataset) -> list[int]:
-        return list(range(self.buckets))
+    def needs(self, dataset: Dataset) -> list[Stage]:
+        return [shuffle.partition_stage(dataset, self.model_key, self.buckets)]
 
-    def process(self, bucket: int, ctx: ShardContext):
-        pairs = bucket_pairs(ctx.dataset, bucket, self.buckets, ["prompt_id", "pair_id", "image_a_id", "image_b_id", "label"])
+    def plan(self, dataset: Dataset) -> list[dict]:
+        part = shuffle.partition_of(dataset, shuffle.partition_stage(dataset, self.model_key, self.buckets))
+        return [{"bucket": b, "partition": part} for b in range(self.buckets)]
+
+    def process(self, spec: dict, ctx: ShardContext):
+        part, bucket = spec["partition"], spec["bucket"]
+        pairs = shuffle.bucket_pairs(ctx.dataset, part, bucket, ["prompt_id", "pair_id", "image_a_id", "image_b_id", "label"])
         ids = {c: pairs[c].to_pylist() for c in pairs.column_names}
-        prompts = lookup_embeddings(ctx.dataset, "prompt_embeddings", "prompt_id", self.model_key, pc.unique(pairs["prompt_id"]))
-        images = lookup_embeddings(ctx.dataset, "image_embeddings", "image_id", self.model_key,
-                                   pc.unique(pa.chunked_array(pairs["image_a_id"].chunks + pairs["image_b_id"].chunks, pa.string())))
+        prompts = shuffle.bucket_embeddings(ctx.dataset, part, bucket, "prompt_embeddings")
+        images = shuffle.bucket_embeddings(ctx.dataset, part, bucket, "image_embeddings")
         width = len(next(iter(prompts.values()))) if prompts else 1
         p, has_p = gather(prompts, ids["prompt_id"], width)
         a, has_a = gather(images, ids["image_a_id"], width)
@@ -144,4 +116,4 @@ class ClipScoreStage(Stage):
 
 
 def score_bucket_count(ds: Dataset) -> int:
-    return max(1, math.ceil(ds.num_rows("pairs") / PAIRS_PER_SHARD))
+    return shuffle.bucket_count(ds.num_rows("pairs"))
