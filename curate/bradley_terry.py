@@ -39,12 +39,15 @@ class BTResult(NamedTuple):
 
 
 class Comparisons(NamedTuple):
-    """Merged comparisons: ``first`` beat ``second`` (or tied with it when ``tie``), ``weight`` times."""
+    """Merged comparisons: ``first`` beat ``second`` (or tied with it when ``tie``), ``weight`` times;
+    ``offset`` (optional) is a known part of each comparison's margin, added to theta[first] -
+    theta[second]: a prior from elsewhere (e.g. calibrated scorers) that the strengths correct."""
 
     first: np.ndarray
     second: np.ndarray
     tie: np.ndarray
     weight: np.ndarray
+    offset: np.ndarray | None = None
 
 
 def _merge(keys: list[np.ndarray], weight: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
@@ -120,6 +123,8 @@ class _Problem:
     def _terms(self, params):
         theta = params[: self.n]
         d = theta[self.rows.first] - theta[self.rows.second]
+        if self.rows.offset is not None:
+            d = d + self.rows.offset
         if not self.with_ties:
             # Plain Bradley-Terry: the formulas below with nu = 0, in a third of the passes over the rows.
             p_second = expit(-d)
@@ -187,7 +192,8 @@ def fit_comparisons(rows: Comparisons, n_items: int, ridge: float = 1e-3, tol: f
     """
     if not (rows.weight > 0).all():  # a weightless row changes no value, gradient or curvature
         kept = rows.weight > 0
-        rows = Comparisons(rows.first[kept], rows.second[kept], rows.tie[kept], rows.weight[kept])
+        rows = Comparisons(rows.first[kept], rows.second[kept], rows.tie[kept], rows.weight[kept],
+                           None if rows.offset is None else rows.offset[kept])
     degree = np.bincount(rows.first, rows.weight, n_items) + np.bincount(rows.second, rows.weight, n_items)
     active = np.flatnonzero(degree > 0)
     if not active.size:  # nothing compared: every item at its ridge optimum

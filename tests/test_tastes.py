@@ -123,11 +123,28 @@ def test_a_sampled_fit_finds_the_same_tastes():
     np.testing.assert_array_equal(same.resp, whole.resp)  # at most `sample` judgements: fit_tastes itself
 
 
-def test_scorer_votes_by_hand():
-    # judgements 0>1, 1>0 (the same image pair), 2>1; the scorers say P(labelled winner wins) = 0.8, 0.2, NaN
-    data = tm.Judgements(np.array([0, 1, 2]), np.array([1, 0, 1]), np.array([0, 1, 1]), 3, 2)
-    votes, weight = tm.with_scorer_votes(data, np.ones(3), np.array([0.8, 0.2, np.nan]))
-    # one soft vote for the pair {0, 1} (its first scored judgement stands for it), none for {1, 2}
-    assert votes.winner.tolist() == [0, 1, 2, 0, 1] and votes.loser.tolist() == [1, 0, 1, 1, 0]
-    np.testing.assert_allclose(weight, [1, 1, 1, 0.8, 0.2])
-    assert len(votes.person) == 5 and votes.n_items == 3
+def test_a_prior_margin_is_corrected_by_balanced_votes_by_hand():
+    # 0 > 1 and 1 > 0 once each, weight 1, ridge 1; the prior says image 0 leads by 1 (margin +1 for
+    # "0 won", -1 for "1 won"). By symmetry theta = (t, -t), d = 1 + 2t, and the optimum solves
+    # 2 (sigmoid(d) - sigmoid(-d)) + 2 t = 0, i.e. tanh(d / 2) = -t: t = -0.2475, d = 0.505.
+    data = tm.Judgements(np.array([0, 1]), np.array([1, 0]), np.array([0, 1]), 2, 2, prior=np.array([1.0, -1.0]))
+    lo, hi = -1.0, 0.0
+    for _ in range(60):  # bisection on tanh((1 + 2t) / 2) + t
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if np.tanh(0.5 + mid) + mid < 0 else (lo, mid)
+    theta = tm.fit_component(data, np.ones(2), ridge=1.0, prior=data.prior)
+    assert theta[0] == pytest.approx(lo, abs=1e-4) and theta[1] == pytest.approx(-lo, abs=1e-4)  # fit_component: tol 1e-4
+    assert tm.margins_of(theta, data, data.prior)[0] == pytest.approx(1 + 2 * lo, abs=2e-4)
+    # no prior: the votes balance, the strengths stay at 0
+    np.testing.assert_allclose(tm.fit_component(data, np.ones(2), ridge=1.0), [0, 0], atol=1e-8)
+    # only the majority component fits on top of the prior
+    assert tm.prior_of(data, 1, majority=1) is data.prior and tm.prior_of(data, 0, majority=1) is None
+
+
+def test_the_scorer_prior_is_the_calibrated_log_odds_by_hand():
+    from curate.annotators import crowd
+
+    raw = np.array([[0.5, np.nan, -0.25]])  # one scorer; RMS 0.5; slope 2
+    np.testing.assert_allclose(crowd.scorer_prior(raw, np.array([0.5]), 2.0), [2.0, 0.0, -1.0])
+    assert crowd.scorer_prior(raw, np.array([0.5]), 0.0) is None  # a scorer that does not predict people
+    assert crowd.scorer_prior(np.zeros((0, 3)), np.zeros(0), 2.0) is None

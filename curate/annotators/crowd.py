@@ -4,8 +4,8 @@ consensus stage, which writes it shard by shard).
 
 For a judgement by a person with memberships r (taste components, random) of the taste model:
 - ``bt``: the majority component's margin winner - loser with the judgement's own pull removed;
-- ``agreement``: P(majority taste prefers the labelled winner) = sigmoid(bt), the scorers being one
-  more annotator inside the majority's fit; without a taste model, other people's votes in log-odds
+- ``agreement``: P(majority taste prefers the labelled winner) = sigmoid(bt), the scorers' calibrated
+  log-odds being the prior margin the majority's fit corrects (``scorer_prior``); without a taste model, other people's votes in log-odds
   plus slope x the scorers' mean normalised margin;
 - ``minority``: the posterior that the majority taste prefers the other image given this label and
   who gave it (curate.annotators.tastes.minority_posterior).
@@ -48,11 +48,18 @@ def mean_scorer_margin(raw: np.ndarray, rms: np.ndarray) -> np.ndarray:
     return np.where(counted > 0, np.nansum(norm, axis=0) / np.maximum(counted, 1), np.nan)
 
 
-def scorer_agreement(raw: np.ndarray, rms: np.ndarray, slope: float) -> np.ndarray:
-    """P(labelled winner wins) by the scorers, calibrated: sigmoid(slope x mean normalised margin);
-    NaN without a score or without a positive slope (scorers that do not predict people)."""
-    m = mean_scorer_margin(raw, rms)
-    return 1.0 / (1.0 + np.exp(-slope * m)) if slope > 0 else np.full(len(m), np.nan)
+def scorer_prior(raw: np.ndarray, rms: np.ndarray, slope: float) -> np.ndarray | None:
+    """The majority taste's prior margin for each labelled winner: the scorers' calibrated log-odds,
+    slope x mean normalised margin (0 where no scorer has both images); None without scorers or
+    without a positive slope (scorers that do not predict people).
+
+    The majority's Bradley-Terry strengths are fitted on top of it (``tastes.Judgements.prior``):
+    where people compared an image pair often, their votes correct the prior; where they compared it
+    once, the leave-one-out margin is the prior itself, at the scorers' full calibrated weight.
+    E.g. slope 2, mean normalised margin 0.5: 1.0, P(winner) = sigmoid(1.0) = 0.73."""
+    if not len(raw) or slope <= 0:
+        return None
+    return slope * np.nan_to_num(mean_scorer_margin(raw, rms))
 
 
 def fit_slope(m: np.ndarray) -> float:
@@ -86,8 +93,10 @@ def winner_loser(model: CrowdModel, cols: dict[str, np.ndarray]) -> tuple[np.nda
 
 
 def taste_margins(model: CrowdModel, cols: dict[str, np.ndarray], resp: np.ndarray,
-                  at: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """(K, judgements) leave-one-out margins for the labelled winner under each taste component.
+                  at: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                  prior: np.ndarray | None = None) -> np.ndarray:
+    """(K, judgements) leave-one-out margins for the labelled winner under each taste component,
+    the majority's from ``prior`` (per judgement: ``scorer_prior``, as the fit had it).
 
     ``at`` is ``winner_loser(model, cols)`` where the caller already has it (the annotators stage
     indexes its judgements once for the fit): two searches over every judgement fewer.
@@ -97,7 +106,8 @@ def taste_margins(model: CrowdModel, cols: dict[str, np.ndarray], resp: np.ndarr
         return out
     decided, w, l = winner_loser(model, cols) if at is None else at
     for k, (theta, h) in enumerate(zip(model.theta, model.curvature)):
-        out[k, decided] = leave_one_out_margin(theta[w] - theta[l], resp[decided, k], h[w], h[l])
+        d = theta[w] - theta[l] + (prior[decided] if prior is not None and k == model.majority else 0.0)
+        out[k, decided] = leave_one_out_margin(d, resp[decided, k], h[w], h[l])
     return out
 
 
@@ -126,8 +136,10 @@ def judgement_evidence(model: CrowdModel, cols: dict[str, np.ndarray], resp: np.
     usable = cols["sign"] != 0
     votes = sig.other_votes(cols, model.groups, group_at, entropy)
     scorer_mean = mean_scorer_margin(raw, model.scorer_rms)
-    margins = taste_margins(model, cols, resp, at)
+    prior = scorer_prior(raw, model.scorer_rms, model.scorer_slope)
+    margins = taste_margins(model, cols, resp, at, prior)
     bt = margins[model.majority] if len(margins) else np.full(len(usable), np.nan)
+    people = bt if prior is None or not len(margins) else bt - prior  # the people's part of bt: the scorers are signals of their own
     has_bt = usable & ~np.isnan(bt)
     has_votes = usable & ~has_bt & (votes["total"] > 0)
     has_scores = usable & ~np.isnan(scorer_mean) & (model.scorer_slope > 0)
@@ -144,7 +156,7 @@ def judgement_evidence(model: CrowdModel, cols: dict[str, np.ndarray], resp: np.
         minority = np.where(has_bt, minority_posterior(agreement, resp[:, model.majority], model.alpha, other), np.nan)
     elif reliability is not None:
         minority = np.where(usable & ((code > 0) | ~np.isnan(reliability)), combine(agreement, reliability), np.nan)
-    return {"votes": votes, "scorer_mean": scorer_mean, "bt": bt, "code": code, "agreement": agreement,
+    return {"votes": votes, "scorer_mean": scorer_mean, "bt": bt, "bt_people": people, "code": code, "agreement": agreement,
             "minority": minority, "vote_margin": sig.vote_margin(votes), "margins": margins}
 
 
@@ -154,7 +166,10 @@ def source_names() -> list[str]:
 
 
 def signal_rows(model: CrowdModel, raw: np.ndarray, evidence: dict) -> np.ndarray:
-    """(signals x judgements) margins of ``model.signals``, each divided by its RMS over the whole dataset."""
-    scorer_rows, named = iter(raw), {"bradley_terry": evidence["bt"], "votes": evidence["vote_margin"]}
+    """(signals x judgements) margins of ``model.signals``, each divided by its RMS over the whole dataset.
+
+    The Bradley-Terry signal is the people's part of the majority's margin (``bt_people``: without
+    the scorers' prior), so that the metric's annotators are independent: the scorers count once."""
+    scorer_rows, named = iter(raw), {"bradley_terry": evidence["bt_people"], "votes": evidence["vote_margin"]}
     picked = [next(scorer_rows) if name.startswith("scorer:") else named[name] for name in model.signals]
     return np.array(picked) / model.signal_rms[:, None] if picked else np.zeros((0, len(evidence["bt"])))

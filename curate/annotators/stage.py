@@ -23,7 +23,6 @@ from curate.annotators import tastes as tm
 from curate.dataset import Dataset
 from curate.runner import Finalized, ShardContext, Stage
 
-SCORER_REFIT_NEWTON = 50  # Newton steps of the majority's refit with the scorers, warm-started from EM
 RHO_RMS = 3.75  # the authors' rho = 15 with an L2 norm over a batch of 16, in batch-size-free RMS form
 JUDGEMENT_KEYS = ("key_a", "key_b", "sign", "who", "group", "lo_wins", "hi_wins", "tied", "multi")
 PERSON_KEYS = ("annotator_id", "who", "judgements", "ties", "chose_a", "trust_sum", "trust_count")
@@ -148,15 +147,16 @@ def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list
                              groups, scorer_names, scorer_rms, slope)
     resp, taste, data, stability, at = np.ones((len(who), 1)), None, None, None, None
     if stage.bradley_terry and len(keys) >= 2:
-        data = judgements(cols, image, len(keys), person, len(who))._replace(trust=person_trust(who, people))
+        prior = crowd.scorer_prior(raw, scorer_rms, slope)
+        data = judgements(cols, image, len(keys), person, len(who))._replace(
+            trust=person_trust(who, people), prior=None if prior is None else prior[decided])
         at = (np.flatnonzero(decided), data.winner, data.loser)  # = crowd.winner_loser(model, cols), searched once
-        scored = np.where(decided, crowd.scorer_agreement(raw, scorer_rms, slope), np.nan)[decided]
-        model, resp, taste, stability = fit_taste_model(stage, data, model._replace(image_keys=keys), scored)
+        model, resp, taste, stability = fit_taste_model(stage, data, model._replace(image_keys=keys))
     judgement_resp = np.where(np.isin(who, known)[:, None], resp, model.share[None, :])[person]
     evidence = crowd.judgement_evidence(model, cols, judgement_resp, raw, at=at,
                                         group_at=(group_index, np.ones(len(group_index), bool)), entropy=False)
     names = list(scorer_names) + (["bradley_terry"] if taste is not None else [])
-    rms = list(scorer_rms) + ([sig.rms(evidence["bt"])] if taste is not None else [])
+    rms = list(scorer_rms) + ([sig.rms(evidence["bt_people"])] if taste is not None else [])
     if np.isfinite(evidence["vote_margin"]).any():
         names.append("votes")
         rms.append(sig.rms(evidence["vote_margin"]))
@@ -164,26 +164,22 @@ def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list
     return CrowdFit(model, who, resp, judgement_resp, taste, data, evidence, person, stability)
 
 
-def fit_taste_model(stage: AnnotatorsStage, data: tm.Judgements, model: crowd.CrowdModel, scored: np.ndarray):
+def fit_taste_model(stage: AnnotatorsStage, data: tm.Judgements, model: crowd.CrowdModel):
     """EM over people, then the model as its tables will hold it (float32): strengths, curvatures,
     the majority, alpha and the people share; with the per-person memberships and the bootstrap.
 
-    Where scorers are there (``scored``: their calibrated P(labelled winner wins), NaN without),
-    the majority taste is refitted with them as one more annotator (``tastes.with_scorer_votes``),
-    so its margins carry the scorers' evidence (measured better than adding it to the margins
-    afterwards: benchmarks/flagging.py, BENCHMARKS.md)."""
+    Where scorers are there, ``data.prior`` holds their calibrated log-odds for each labelled
+    winner (``crowd.scorer_prior``): the majority taste's strengths are fitted on top of them inside
+    EM, so the memberships, too, see how each person's labels agree with the scorers where people
+    compared an image pair only once (benchmarks/alignment.py's pairs: BENCHMARKS.md)."""
     taste = tm.fit_tastes_sampled(data, stage.em_sample, ridge=stage.ridge, max_tastes=stage.max_tastes,
                                   iterations=stage.em_iterations)
     as_stored = lambda x: x.astype(np.float32).astype(float)  # noqa: E731
-    resp, theta, k = as_stored(taste.resp), taste.theta.copy(), taste.majority
-    fits = [(data, resp[data.person, c]) for c in range(len(theta))]
-    if not np.isnan(scored).all():
-        fits[k] = tm.with_scorer_votes(data, resp[data.person, k], scored)
-        theta[k] = tm.fit_component(*fits[k], stage.ridge, theta[k], SCORER_REFIT_NEWTON)
-    theta = as_stored(theta)
-    h = as_stored(np.stack([tm.curvature(t, rows, w, stage.ridge) for t, (rows, w) in zip(theta, fits)]))
+    resp, theta, k = as_stored(taste.resp), as_stored(taste.theta), taste.majority
+    h = as_stored(np.stack([tm.curvature(t, data, resp[data.person, c], stage.ridge, tm.prior_of(data, c, k))
+                            for c, t in enumerate(theta)]))
     own = resp[data.person, k]
-    margins = tm.leave_one_out_margin(theta[k][data.winner] - theta[k][data.loser], own, h[k][data.winner], h[k][data.loser])
+    margins = tm.leave_one_out_margin(tm.margins_of(theta[k], data, data.prior), own, h[k][data.winner], h[k][data.loser])
     model = model._replace(theta=theta, curvature=h, majority=k, alpha=tm.majority_accuracy(margins, own),
                            share=as_stored(taste.share))
     stability = bootstrap_stability(data, own, stage) if stage.bootstrap > 0 else None

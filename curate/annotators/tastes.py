@@ -29,7 +29,9 @@ M_STEP_NEWTON = 3  # Newton steps per M-step, warm-started
 
 class Judgements(NamedTuple):
     """Non-tie judgements: ``winner`` beat ``loser`` (item indices), by ``person`` (person indices);
-    ``trust`` (per person, in [0, 1], NaN unknown) is a voter trust score the dataset carries, if any."""
+    ``trust`` (per person, in [0, 1], NaN unknown) is a voter trust score the dataset carries, if any;
+    ``prior`` (per judgement, or None) is the majority taste's prior margin for the winner: the
+    calibrated scorers' log-odds (``crowd.scorer_prior``), which the majority's strengths correct."""
 
     winner: np.ndarray
     loser: np.ndarray
@@ -37,6 +39,17 @@ class Judgements(NamedTuple):
     n_items: int
     n_people: int
     trust: np.ndarray | None = None
+    prior: np.ndarray | None = None
+
+    def take(self, rows: np.ndarray) -> "Judgements":
+        """These judgements only (people and items keep their indices)."""
+        return self._replace(winner=self.winner[rows], loser=self.loser[rows], person=self.person[rows],
+                             prior=None if self.prior is None else self.prior[rows])
+
+
+def prior_of(data: Judgements, component: int, majority: int) -> np.ndarray | None:
+    """The prior margins a component's fit starts from: the scorers' for the majority, none for the rest."""
+    return data.prior if component == majority else None
 
 
 class TasteModel(NamedTuple):
@@ -64,24 +77,33 @@ def log_sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def fit_component(data: Judgements, weight: np.ndarray, ridge: float, init: np.ndarray | None = None,
-                  newton_steps: int = 200) -> np.ndarray:
-    """Bradley-Terry log-strengths of one component from weighted judgements (weights may be 0).
+                  newton_steps: int = 200, prior: np.ndarray | None = None) -> np.ndarray:
+    """Bradley-Terry log-strengths of one component from weighted judgements (weights may be 0),
+    each judgement's margin being ``prior`` (if any) + theta[winner] - theta[loser].
 
     Inside EM a few warm-started Newton steps suffice (``newton_steps``): each M-step only has to
     improve the fit, and the next E-step moves the weights anyway (generalised EM).
     """
     keep = weight > 1e-9
     if keep.all():  # the majority on all judgements: no copies of every row
-        rows = Comparisons(data.winner, data.loser, np.zeros(len(weight), bool), weight)
+        rows = Comparisons(data.winner, data.loser, np.zeros(len(weight), bool), weight, prior)
     else:
-        rows = Comparisons(data.winner[keep], data.loser[keep], np.zeros(int(keep.sum()), bool), weight[keep])
+        rows = Comparisons(data.winner[keep], data.loser[keep], np.zeros(int(keep.sum()), bool), weight[keep],
+                           None if prior is None else prior[keep])
     start = None if init is None else BTResult(init, 0.0, 0, True)
     return fit_comparisons(rows, data.n_items, ridge=ridge, tol=1e-4, max_iter=newton_steps, init=start).scores
 
 
-def curvature(theta: np.ndarray, data: Judgements, weight: np.ndarray, ridge: float) -> np.ndarray:
+def margins_of(theta: np.ndarray, data: Judgements, prior: np.ndarray | None = None) -> np.ndarray:
+    """Each judgement's margin for its winner under a component: prior + theta[winner] - theta[loser]."""
+    d = theta[data.winner] - theta[data.loser]
+    return d if prior is None else d + prior
+
+
+def curvature(theta: np.ndarray, data: Judgements, weight: np.ndarray, ridge: float,
+              prior: np.ndarray | None = None) -> np.ndarray:
     """Each item's curvature: ridge + sum of weight p (1 - p) over its comparisons (p = P(winner wins))."""
-    return curvature_at(theta[data.winner] - theta[data.loser], data, weight, ridge)
+    return curvature_at(margins_of(theta, data, prior), data, weight, ridge)
 
 
 def curvature_at(d: np.ndarray, data: Judgements, weight: np.ndarray, ridge: float,
@@ -105,20 +127,36 @@ def leave_one_out_margin(d: np.ndarray, weight: np.ndarray, h_winner: np.ndarray
     return d - weight * (1.0 - p) * (1.0 / h_winner + 1.0 / h_loser)
 
 
-def component_margins(theta: np.ndarray, data: Judgements, weight: np.ndarray, ridge: float) -> np.ndarray:
+def component_margins(theta: np.ndarray, data: Judgements, weight: np.ndarray, ridge: float,
+                      prior: np.ndarray | None = None) -> np.ndarray:
     """Leave-one-out margins of every judgement under one component."""
-    d = theta[data.winner] - theta[data.loser]  # gathered once: the curvature and the margin both start from it
+    d = margins_of(theta, data, prior)  # gathered once: the curvature and the margin both start from it
     p = 1.0 / (1.0 + np.exp(-d))
     h = curvature_at(d, data, weight, ridge, p)
     return leave_one_out_margin(d, weight, h[data.winner], h[data.loser], p)
 
 
-def judgement_log_likelihoods(theta: np.ndarray, resp: np.ndarray, data: Judgements, ridge: float) -> np.ndarray:
-    """(judgements x K+1) log P(label | component), leave-one-out for the taste components."""
+def judgement_log_likelihoods(theta: np.ndarray, resp: np.ndarray, data: Judgements, ridge: float,
+                              majority: int = 0) -> np.ndarray:
+    """(judgements x K+1) log P(label | component), leave-one-out for the taste components (the
+    ``majority`` one from the prior margins, where there are any)."""
     out = np.full((len(data.winner), len(theta) + 1), LOG_HALF)
     for k, strengths in enumerate(theta):
-        out[:, k] = log_sigmoid(component_margins(strengths, data, resp[data.person, k], ridge))
+        out[:, k] = log_sigmoid(component_margins(strengths, data, resp[data.person, k], ridge, prior_of(data, k, majority)))
     return out
+
+
+def m_step(data: Judgements, theta: np.ndarray, resp: np.ndarray, ridge: float, majority: int,
+           newton_steps: int = M_STEP_NEWTON) -> np.ndarray:
+    """Every component refitted on the judgements weighted by its memberships, warm-started; the
+    majority's from the prior margins."""
+    return np.stack([fit_component(data, resp[data.person, k], ridge, theta[k], newton_steps, prior_of(data, k, majority))
+                     for k in range(len(theta))])
+
+
+def majority_of(share: np.ndarray) -> int:
+    """The majority component: the taste with the most people (never the most clicks)."""
+    return int(np.argmax(share[:-1]))
 
 
 def membership_prior(share: np.ndarray, trust: np.ndarray | None) -> np.ndarray:
@@ -159,19 +197,18 @@ def run_em(data: Judgements, theta: np.ndarray, resp: np.ndarray, ridge: float, 
     share, log_lik, done = people_share(resp, data), -np.inf, 0
     for done in range(1, iterations + 1):
         previous = resp
-        resp, log_lik = memberships(judgement_log_likelihoods(theta, resp, data, ridge), data, share)
+        resp, log_lik = memberships(judgement_log_likelihoods(theta, resp, data, ridge, majority_of(share)), data, share)
         share = people_share(resp, data)
-        theta = np.stack([fit_component(data, resp[data.person, k], ridge, theta[k], M_STEP_NEWTON)
-                          for k in range(len(theta))])
+        theta = m_step(data, theta, resp, ridge, majority_of(share))
         # The leave-one-out likelihood is not EM's bound, so stop on settled memberships, not on its gain.
         if (np.abs(resp - previous).max(axis=1) > tol).mean() < EM_UNSETTLED:
             break
-    return TasteModel(theta, resp, share, int(np.argmax(share[:-1])), log_lik, done)
+    return TasteModel(theta, resp, share, majority_of(share), log_lik, done)
 
 
 def worst_explained(model: TasteModel, data: Judgements, ridge: float, min_judgements: int) -> np.ndarray:
     """People (with enough judgements) whose labels no current taste predicts better than a coin."""
-    log_lik = judgement_log_likelihoods(model.theta, model.resp, data, ridge)[:, :-1]
+    log_lik = judgement_log_likelihoods(model.theta, model.resp, data, ridge, model.majority)[:, :-1]
     counts = np.bincount(data.person, minlength=data.n_people)
     per_taste = np.stack([np.bincount(data.person, ll, data.n_people) for ll in log_lik.T], axis=1)
     best = per_taste.max(axis=1) / np.maximum(counts, 1)
@@ -187,7 +224,7 @@ def fit_tastes(data: Judgements, max_tastes: int = 3, ridge: float = 1.0, iterat
     (``person_weights``); each split seeds a new component with the people the current ones
     explain worse than a coin, and EM then settles everyone's memberships.
     """
-    start = fit_component(data, person_weights(data.person, data.n_people), ridge)
+    start = fit_component(data, person_weights(data.person, data.n_people), ridge, prior=data.prior)
     model = run_em(data, start[None], np.tile([0.9, 0.1], (data.n_people, 1)), ridge, iterations)
     counts = np.bincount(data.person, minlength=data.n_people)
     big_enough = lambda members: members.sum() >= min_people or (members * counts).sum() >= min_judgements  # noqa: E731
@@ -222,34 +259,14 @@ def fit_tastes_sampled(data: Judgements, sample: int, ridge: float = 1.0, newton
     ``fit_tastes`` itself."""
     if len(data.winner) <= sample:
         return fit_tastes(data, ridge=ridge, **options)
-    keep = sample_people(data, sample)
-    model = fit_tastes(data._replace(winner=data.winner[keep], loser=data.loser[keep], person=data.person[keep]),
-                       ridge=ridge, **options)
+    model = fit_tastes(data.take(sample_people(data, sample)), ridge=ridge, **options)
     theta, share = model.theta, model.share
-    resp, _ = memberships(judgement_log_likelihoods(theta, model.resp, data, ridge), data, share)
-    theta = np.stack([fit_component(data, resp[data.person, k], ridge, theta[k], newton_steps) for k in range(len(theta))])
+    resp, _ = memberships(judgement_log_likelihoods(theta, model.resp, data, ridge, majority_of(share)), data, share)
     share = people_share(resp, data)
-    resp, log_lik = memberships(judgement_log_likelihoods(theta, resp, data, ridge), data, share)
+    theta = m_step(data, theta, resp, ridge, majority_of(share), newton_steps)
+    resp, log_lik = memberships(judgement_log_likelihoods(theta, resp, data, ridge, majority_of(share)), data, share)
     share = people_share(resp, data)
-    return TasteModel(theta, resp, share, int(np.argmax(share[:-1])), log_lik, model.iterations + 1)
-
-
-def with_scorer_votes(data: Judgements, weight: np.ndarray, agreement: np.ndarray) -> tuple[Judgements, np.ndarray]:
-    """The judgements plus the scorers as one more annotator of the majority taste: one soft
-    judgement of each distinct compared image pair, with the pair's weights appended.
-
-    ``agreement`` (per judgement, NaN without scores) is P(labelled winner wins) by the calibrated
-    scorers; the pair's first scored judgement stands for it: (winner, loser) with weight q and
-    (loser, winner) with weight 1 - q. E.g. q = 0.8 on "0 beat 1": 0 over 1 weighs 0.8, 1 over 0 0.2.
-    """
-    scored = np.flatnonzero(~np.isnan(agreement))
-    lo, hi = np.minimum(data.winner[scored], data.loser[scored]), np.maximum(data.winner[scored], data.loser[scored])
-    _, first = np.unique(lo.astype(np.int64) * data.n_items + hi, return_index=True)
-    rows = scored[first]
-    w, l, q = data.winner[rows], data.loser[rows], agreement[rows]
-    votes = data._replace(winner=np.concatenate([data.winner, w, l]), loser=np.concatenate([data.loser, l, w]),
-                          person=np.concatenate([data.person, np.zeros(2 * len(rows), data.person.dtype)]))
-    return votes, np.concatenate([weight, q, 1.0 - q])
+    return TasteModel(theta, resp, share, majority_of(share), log_lik, model.iterations + 1)
 
 
 def majority_accuracy(margin: np.ndarray, weight: np.ndarray) -> float:
