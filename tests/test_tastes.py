@@ -148,3 +148,26 @@ def test_the_scorer_prior_is_the_calibrated_log_odds_by_hand():
     np.testing.assert_allclose(crowd.scorer_prior(raw, np.array([0.5]), 2.0), [2.0, 0.0, -1.0])
     assert crowd.scorer_prior(raw, np.array([0.5]), 0.0) is None  # a scorer that does not predict people
     assert crowd.scorer_prior(np.zeros((0, 3)), np.zeros(0), 2.0) is None
+
+
+def test_with_a_scorer_prior_single_judged_pairs_still_tell_people_apart():
+    # Every image pair judged once (what Pick-a-Pic mostly is): the people's labels alone cannot tell a
+    # majority member from a dissenter, since no pair has other votes. With the scorers' calibrated
+    # log-odds as the majority's prior margin, people who keep contradicting them lose membership.
+    rng = np.random.default_rng(0)
+    people, per_person = 40, 12
+    person = np.repeat(np.arange(people), per_person)
+    n = len(person)
+    dissenter = np.arange(people) >= 30  # 10 of 40 people reverse the majority's preference 70% of the time
+    follows = rng.random(n) < np.where(dissenter[person], 0.3, 0.9)
+    truth_first = rng.random(n) < 0.5  # which image of pair j the majority prefers
+    first_won = truth_first == follows
+    a, b = 2 * np.arange(n), 2 * np.arange(n) + 1
+    winner, loser = np.where(first_won, a, b), np.where(first_won, b, a)
+    prior = np.where(first_won == truth_first, 1.5, -1.5)  # a scorer right about the majority, log-odds 1.5
+    data = tm.Judgements(winner, loser, person, 2 * n, people, prior=prior)
+    model = tm.fit_tastes(data, max_tastes=2)
+    majority = model.resp[:, model.majority]
+    assert majority[~dissenter].mean() > 0.8 > 0.5 > majority[dissenter].mean()
+    order = np.argsort(-majority)  # every majority member ranked above every dissenter but at most two
+    assert dissenter[order[:30]].sum() <= 2
