@@ -3,8 +3,8 @@
 Reads one pairs shard and the annotators stage's tables (the crowd model: image strengths per
 taste group, people's memberships, vote groups, signal scales) and writes that shard's consensus
 rows. The evidence about a judgement comes from everything but the judgement itself:
-- the majority taste's Bradley-Terry margin, this judgement's own pull removed (first order), the
-  scorers (calibrated against the people's labels) counted in that fit as one more annotator;
+- the majority taste's Bradley-Terry margin, this judgement's own pull removed (first order), on
+  top of the scorers' calibrated log-odds (the prior margin that fit corrects, crowd.scorer_prior);
 - without a taste model, other people's votes on the same prompt and images plus the scorers'
   mean normalised margin times that slope;
 - and the posterior that the majority taste prefers the other image, given who gave the label.

@@ -145,7 +145,7 @@ def judgement_evidence(model: CrowdModel, cols: dict[str, np.ndarray], resp: np.
     has_scores = usable & ~np.isnan(scorer_mean) & (model.scorer_slope > 0)
     logit = np.where(has_bt, np.nan_to_num(bt), 0.0)
     logit[has_votes] += np.log((votes["agree"][has_votes] + 1) / (votes["total"] - votes["agree"] + 1)[has_votes])
-    added = has_scores & ~has_bt  # with a taste model the scorers are already inside bt (one more annotator)
+    added = has_scores & ~has_bt  # with a taste model the scorers are already inside bt (its prior margin)
     logit[added] += model.scorer_slope * scorer_mean[added]
     code = has_votes * 1 + has_scores * 2 + has_bt * 4
     agreement = np.where(code > 0, 1.0 / (1.0 + np.exp(-logit)), np.nan)
