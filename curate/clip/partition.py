@@ -22,7 +22,9 @@ arrays, ids as fixed-width bytes) in runs/<pass>/shards, one member per bucket a
 sent to the driver; a consumer's task reads its bucket's members from each (``bucket_pairs``,
 ``bucket_embeddings``), in task order, so every bucket's rows come in the order a scan would find
 them. Consumers name the partition in ``Stage.needs``: the runner runs it first, or reuses it
-when it is complete for the same tables and bucket count.
+when it is complete for the same tables and bucket count. The partials hold a copy of the pairs'
+ids and of the model's embeddings (an image shown in several buckets once per bucket): a
+shuffle's disk, kept for reuse until an input changes.
 """
 from __future__ import annotations
 
