@@ -190,19 +190,19 @@ class FilterStage(Stage):
 
     def plan(self, dataset: Dataset) -> list[dict]:
         part = shuffle.partition_of(dataset, shuffle.partition_stage(dataset, self.rules.model, self.buckets))
-        return [{"bucket": b, "partition": part, "clip_scores": self._clip_file(dataset, b)} for b in range(self.buckets)]
+        return [{"bucket": b, "partition": part, "clip_scores": f} for b, f in enumerate(self._clip_files(dataset))]
 
-    def _clip_file(self, ds: Dataset, bucket: int) -> str:
-        """The clip_scores file of the bucket: the scores stage wrote bucket b of the same count to shard b."""
+    def _clip_files(self, ds: Dataset) -> list[str]:
+        """The clip_scores file of each bucket: the scores stage wrote bucket b of the same count to shard b."""
         from curate.clip.scores import ClipScoreStage
 
         scores = ClipScoreStage(self.rules.model, self.buckets)
-        path = ds.table_dir("clip_scores") / scores.shard_file("clip_scores", bucket)
-        if not is_complete(scores, ds) or path not in ds.shards("clip_scores"):
+        paths = [ds.table_dir("clip_scores") / scores.shard_file("clip_scores", b) for b in range(self.buckets)]
+        if not is_complete(scores, ds) or not set(paths) <= set(ds.shards("clip_scores")):
             raise DatasetError(f"{ds.table_dir('clip_scores')}: no current CLIP scores of model {self.rules.model!r} "
                                f"in {self.buckets} prompt buckets (the pairs changed since they were computed, or "
                                f"they never were); run `prefcurate embed {ds.root} --model ...` with that model again")
-        return str(path)
+        return [str(p) for p in paths]
 
     def process(self, spec: dict, ctx: ShardContext):
         part, bucket = spec["partition"], spec["bucket"]
