@@ -122,7 +122,7 @@ class _Problem:
 
     def _terms(self, params):
         theta = params[: self.n]
-        d = theta[self.rows.first] - theta[self.rows.second]
+        d = np.take(theta, self.rows.first) - np.take(theta, self.rows.second)  # take: half fancy indexing's cost
         if self.rows.offset is not None:
             d = d + self.rows.offset
         if not self.with_ties:
@@ -170,7 +170,7 @@ class _Problem:
             self._keep_curvatures(params, *self._terms(params)[4:])
         c_dd, c_de, c_ee = self._curvatures
         v_theta, v_eta = v[: self.n], (v[self.n] if self.with_ties else 0.0)
-        dv = v_theta[self.rows.first] - v_theta[self.rows.second]
+        dv = np.take(v_theta, self.rows.first) - np.take(v_theta, self.rows.second)
         if not self.with_ties:
             return self._spread(c_dd * dv) + self.ridge * v_theta
         h = self._spread(c_dd * dv + c_de * v_eta) + self.ridge * v_theta
@@ -201,7 +201,7 @@ def fit_comparisons(rows: Comparisons, n_items: int, ridge: float = 1e-3, tol: f
     if active.size < n_items:
         index = np.zeros(n_items, dtype=np.int64)
         index[active] = np.arange(active.size)
-        rows = rows._replace(first=index[rows.first], second=index[rows.second])
+        rows = rows._replace(first=np.take(index, rows.first), second=np.take(index, rows.second))
     start = None if init is None else np.array(init.scores, dtype=np.float64)[active]
     params, nit, success = _solve(rows, degree[active], ridge, tol, max_iter, start,
                                   None if init is None else init.tie_param, absent=n_items - active.size)

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from curate.annotators import signals as sig
-from curate.annotators.tastes import leave_one_out_margin, minority_posterior
+from curate.annotators.tastes import leave_one_out_margin, minority_posterior, per_judgement
 
 SOURCES = ("votes", "scorers", "bradley_terry")
 
@@ -106,8 +106,10 @@ def taste_margins(model: CrowdModel, cols: dict[str, np.ndarray], resp: np.ndarr
         return out
     decided, w, l = winner_loser(model, cols) if at is None else at
     for k, (theta, h) in enumerate(zip(model.theta, model.curvature)):
-        d = theta[w] - theta[l] + (prior[decided] if prior is not None and k == model.majority else 0.0)
-        out[k, decided] = leave_one_out_margin(d, resp[decided, k], h[w], h[l])
+        d = per_judgement(theta, w) - per_judgement(theta, l)
+        if prior is not None and k == model.majority:
+            d += per_judgement(prior, decided)
+        out[k, decided] = leave_one_out_margin(d, per_judgement(resp[:, k], decided), per_judgement(h, w), per_judgement(h, l))
     return out
 
 

@@ -115,12 +115,13 @@ def shard_scorer_margins(dataset: Dataset, pairs, scorers: list[str]) -> np.ndar
 @dataclass
 class CrowdFit:
     """The fitted model plus what finalize needs about people (``who`` sorted, ``resp`` theirs,
-    ``person`` each judgement's index in ``who``) and judgements."""
+    ``person`` each judgement's index in ``who``, ``author_resp`` the memberships a judgement of
+    theirs gets: ``resp``, or the people share for those without an annotator id) and judgements."""
 
     model: crowd.CrowdModel
     who: np.ndarray
     resp: np.ndarray
-    judgement_resp: np.ndarray
+    author_resp: np.ndarray
     taste: tm.TasteModel | None
     data: tm.Judgements | None
     evidence: dict
@@ -152,7 +153,8 @@ def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list
             trust=person_trust(who, people), prior=None if prior is None else prior[decided])
         at = (np.flatnonzero(decided), data.winner, data.loser)  # = crowd.winner_loser(model, cols), searched once
         model, resp, taste, stability = fit_taste_model(stage, data, model._replace(image_keys=keys))
-    judgement_resp = np.where(np.isin(who, known)[:, None], resp, model.share[None, :])[person]
+    author_resp = np.where(np.isin(who, known)[:, None], resp, model.share[None, :])
+    judgement_resp = author_resp[person]
     evidence = crowd.judgement_evidence(model, cols, judgement_resp, raw, at=at,
                                         group_at=(group_index, np.ones(len(group_index), bool)), entropy=False)
     names = list(scorer_names) + (["bradley_terry"] if taste is not None else [])
@@ -161,7 +163,7 @@ def fit_crowd(stage: AnnotatorsStage, cols: dict, raw: np.ndarray, scorers: list
         names.append("votes")
         rms.append(sig.rms(evidence["vote_margin"]))
     model = model._replace(signals=tuple(names), signal_rms=np.array(rms, dtype=float))
-    return CrowdFit(model, who, resp, judgement_resp, taste, data, evidence, person, stability)
+    return CrowdFit(model, who, resp, author_resp, taste, data, evidence, person, stability)
 
 
 def fit_taste_model(stage: AnnotatorsStage, data: tm.Judgements, model: crowd.CrowdModel):
@@ -176,10 +178,11 @@ def fit_taste_model(stage: AnnotatorsStage, data: tm.Judgements, model: crowd.Cr
                                   iterations=stage.em_iterations)
     as_stored = lambda x: x.astype(np.float32).astype(float)  # noqa: E731
     resp, theta, k = as_stored(taste.resp), as_stored(taste.theta), taste.majority
-    h = as_stored(np.stack([tm.curvature(t, data, resp[data.person, c], stage.ridge, tm.prior_of(data, c, k))
+    h = as_stored(np.stack([tm.curvature(t, data, tm.weights_of(resp, data, c), stage.ridge, tm.prior_of(data, c, k))
                             for c, t in enumerate(theta)]))
-    own = resp[data.person, k]
-    margins = tm.leave_one_out_margin(tm.margins_of(theta[k], data, data.prior), own, h[k][data.winner], h[k][data.loser])
+    own = tm.weights_of(resp, data, k)
+    margins = tm.leave_one_out_margin(tm.margins_of(theta[k], data, data.prior), own,
+                                      tm.per_judgement(h[k], data.winner), tm.per_judgement(h[k], data.loser))
     model = model._replace(theta=theta, curvature=h, majority=k, alpha=tm.majority_accuracy(margins, own),
                            share=as_stored(taste.share))
     stability = bootstrap_stability(data, own, stage) if stage.bootstrap > 0 else None

@@ -101,20 +101,33 @@ def taste_groups_table(fit, cols: dict, evidence: dict, raw: np.ndarray, scorers
     if not len(model.theta):
         return schemas.load("taste_groups").empty()
     decided = cols["sign"] != 0
-    resp = fit.judgement_resp[decided]
-    own = evidence["margins"][:, decided]  # crowd.taste_margins(model, cols, fit.judgement_resp), as fit_crowd made it
-    bt, scorer = evidence["bt"][decided], evidence["scorer_mean"][decided]
-    seen = np.bincount(fit.person[decided], minlength=len(fit.who)) > 0  # = np.isin(fit.who, cols["who"][decided])
-    weighted = lambda values, w: float(np.sum(w * values) / np.sum(w)) if np.sum(w) > 0 else np.nan  # noqa: E731
+    # A judgement's weight in group k is its author's membership, so each weighted mean over
+    # judgements is a sum over people of membership x the person's own sum (bincounts, not
+    # 10M-row products per group).
+    person, n = fit.person[decided], len(fit.who)
+    per_person = lambda values: np.bincount(person, values, n)  # noqa: E731
+    judged = per_person(None)
+    seen = judged > 0  # = np.isin(fit.who, cols["who"][decided])
+    scorer = evidence["scorer_mean"][decided]
+    scored = ~np.isnan(scorer)
+    sums = {"followed": [per_person(evidence["margins"][k, decided] > 0) for k in range(len(model.theta))],
+            "agreed": per_person(evidence["bt"][decided] > 0), "margin": per_person(np.where(scored, scorer, 0.0)),
+            "scored": per_person(scored)}
+
+    def weighted(total: np.ndarray, count: np.ndarray, k: int) -> float:
+        """sum(w * value) / sum(w) over judgements, w = the author's membership of group k."""
+        w = fit.author_resp[:, k] @ count
+        return float(fit.author_resp[:, k] @ total / w) if w > 0 else np.nan
+
     rows = []
     for k, name in enumerate(group_names(model)):
-        w = resp[:, k]
-        follows = weighted(own[k] > 0, w) if k < len(model.theta) else 0.5
-        agrees = weighted(bt > 0, w)
-        margin = weighted(np.nan_to_num(scorer), w * ~np.isnan(scorer)) if len(raw) else np.nan
+        follows = weighted(sums["followed"][k], judged, k) if k < len(model.theta) else 0.5
+        agrees = weighted(sums["agreed"], judged, k)
+        margin = weighted(sums["margin"], sums["scored"], k) if len(raw) else np.nan
+        judgements = float(fit.author_resp[:, k] @ judged)
         rows.append({"group": k, "name": name, "people": float(fit.resp[seen, k].sum()),
-                     "members": int((fit.resp[seen].argmax(axis=1) == k).sum()), "judgements": float(w.sum()),
-                     "judgement_share": float(w.sum() / max(len(w), 1)), "share": float(model.share[k]),
+                     "members": int((fit.resp[seen].argmax(axis=1) == k).sum()), "judgements": judgements,
+                     "judgement_share": judgements / max(int(decided.sum()), 1), "share": float(model.share[k]),
                      "follows_own_fit": follows, "agrees_with_majority": agrees, "scorer_margin": margin})
     majority_margin = rows[model.majority]["scorer_margin"]
     for row in rows:
