@@ -50,6 +50,7 @@ import pyarrow.ipc as ipc
 
 from curate import __version__
 from curate import schema as schemas
+from curate.allocator import keep_freed_memory
 from curate.dataset import Dataset, DatasetError, ShardWriter, WrittenShard, file_sha256, write_json_atomic, write_shard
 from curate.executors import Executor, LocalExecutor
 from curate.partials import UnsafePartial, load_partial, save_partial
@@ -208,6 +209,7 @@ class StageReport:
 def _run_shard(job: tuple[Stage, Any, int, str]) -> ShardResult:
     """Run one shard and commit it: files first (each renamed into place), completion record last."""
     stage, spec, index, root = job
+    keep_freed_memory()  # once per process: a Dask worker's too
     dataset = Dataset(root)
     ctx = ShardContext(stage=stage.name, index=index, dataset=dataset)
     if stage.supersedes:
@@ -347,6 +349,7 @@ def run_stage(stage: Stage, dataset: Dataset | str | Path, executor: Executor | 
     stages it needs (``Stage.needs``) run before it unless they are complete (``skip_complete``).
     """
     dataset = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
+    keep_freed_memory()  # the driver's finalize works on whole-dataset arrays (curate.allocator)
     with dataset.writer(stage.name):  # one writer at a time (curate.lock); the stage may read its own run
         return _run_locked(stage, dataset, executor, resume, skip_complete)
 
