@@ -95,16 +95,17 @@ class VoteGroups(NamedTuple):
 
 def dense_index(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The distinct values, sorted, and each value's index among them: ``np.unique(values,
-    return_inverse=True)``, by polars' dense rank, which at millions of integer keys costs a
-    tenth of numpy's unique and a third of a sorted search per value (measured on 2 cores).
-    E.g. [30, 10, 30, 20] -> ([10, 20, 30], [2, 0, 2, 1])."""
+    return_inverse=True)`` for integer keys, as polars' hashed unique, a sort of the distinct values
+    and a hash join back. At 10M keys of 200k people that costs 0.3 s against 1.0 s for a dense rank
+    (a sort of every value) and 10 s for numpy (measured, 2 cores); at 20M keys of 4M images 1.7 s
+    against 2.3 s. E.g. [30, 10, 30, 20] -> ([10, 20, 30], [2, 0, 2, 1])."""
     values = np.asarray(values)
     if not len(values):
         return values.copy(), np.zeros(0, np.int64)
-    index = (pl.Series(values).rank("dense").to_numpy() - 1).astype(np.int64)
-    distinct = np.empty(int(index.max()) + 1, values.dtype)
-    distinct[index] = values
-    return distinct, index
+    distinct = np.sort(pl.Series(values).unique().to_numpy())
+    numbered = pl.DataFrame({"value": distinct}).with_row_index("index")
+    index = pl.DataFrame({"value": values}).join(numbered, on="value", how="left", maintain_order="left")["index"]
+    return distinct, index.to_numpy().astype(np.int64)
 
 
 def search_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
