@@ -1,8 +1,10 @@
 """`prefcurate annotators`, pass 2: each judgement's consensus, shard by shard.
 
-Reads one pairs shard and the annotators stage's tables (the crowd model: image strengths per
-taste group, people's memberships, vote groups, signal scales) and writes that shard's consensus
-rows. The evidence about a judgement comes from everything but the judgement itself:
+Reads what pass 1 left for its shard (the judgements' keys, labels, authors and votes, and the
+scorers' raw margins: the annotators stage's stored partial, declared data, so the pairs are not
+hashed twice), the shard's pair and annotator ids, and the annotators stage's tables (the crowd
+model: image strengths per taste group, people's memberships, vote groups, signal scales), and
+writes that shard's consensus rows. The evidence about a judgement comes from everything but the judgement itself:
 - the majority taste's Bradley-Terry margin, this judgement's own pull removed (first order), on
   top of the scorers' calibrated log-odds (the prior margin that fit corrects, crowd.scorer_prior);
 - without a taste model, other people's votes on the same prompt and images plus the scorers'
@@ -16,12 +18,11 @@ import pyarrow as pa
 
 from curate import schema as schemas
 from curate.annotators import crowd
-from curate.annotators import signals as sig
-from curate.annotators.stage import scorer_names, shard_scorer_margins
+from curate.annotators.stage import JUDGEMENT_KEYS, AnnotatorsStage
 from curate.annotators.tables import read_model
 from curate.stats import unit_sketch
 from curate.dataset import Dataset, DatasetError
-from curate.runner import Finalized, ShardContext, Stage, table_fingerprint
+from curate.runner import Finalized, ShardContext, Stage, read_partial, table_fingerprint
 
 MODEL_TABLES = ("annotators", "taste_groups", "image_strengths", "vote_groups", "signal_scales", "bt_stability")
 
@@ -41,15 +42,14 @@ class ConsensusStage(Stage):
         if stale:
             raise DatasetError(f"{dataset.table_dir('consensus')} holds {len(stale)} consensus file(s) of an older "
                                f"annotators stage ({stale[0]}, ...); delete them and rerun `prefcurate annotators`")
-        return [{"pairs": str(p), "scorers": scorer_names(dataset)} for p in shards]
+        return [{"pairs": str(p), "shard": i} for i, p in enumerate(shards)]  # pass 1's shard i read these pairs
 
     def process(self, spec: dict, ctx: ShardContext):
         import polars as pl
 
-        pairs = pl.read_ipc(spec["pairs"], columns=sig.PAIR_COLUMNS)
+        pairs = pl.read_ipc(spec["pairs"], columns=["pair_id", "annotator_id"])
         model = cached_model(ctx.dataset)
-        cols = sig.judgement_columns(pairs, sig.with_keys(pairs))
-        raw = shard_scorer_margins(ctx.dataset, pairs, spec["scorers"]).astype(np.float32).astype(float)
+        cols, raw = first_pass_facts(ctx.dataset, spec, pairs.height)
         resp, reliability = authors(ctx.dataset, pairs, model)
         evidence = crowd.judgement_evidence(model, cols, resp, raw, reliability)
         bins, counts = unit_sketch(evidence["minority"])
@@ -63,6 +63,16 @@ class ConsensusStage(Stage):
         table = schemas.load("minority_sketch").table({"bin": pa.array(merged, pa.int32()),
                                                        "count": np.bincount(index, counts, len(merged)).astype(np.int64)})
         return Finalized({"scored": int(counts.sum())}, {"minority_sketch": [table]})
+
+
+def first_pass_facts(dataset: Dataset, spec: dict, rows: int) -> tuple[dict, np.ndarray]:
+    """The judgement columns and the scorers' raw margins (as float64) pass 1 stored for this shard."""
+    stage = AnnotatorsStage.name
+    facts = read_partial(dataset, stage, spec["shard"], [*JUDGEMENT_KEYS, "scorer_margins"])
+    if len(facts["sign"]) != rows:
+        raise DatasetError(f"{spec['pairs']} has {rows} rows but pass 1 of `prefcurate annotators` stored "
+                           f"{len(facts['sign'])} for it (shard {spec['shard']}); rerun `prefcurate annotators`")
+    return {k: facts[k] for k in JUDGEMENT_KEYS}, facts["scorer_margins"].astype(float)
 
 
 _MODELS: dict[tuple, crowd.CrowdModel] = {}
