@@ -247,8 +247,17 @@ class Dataset:
         return pa.concat_tables(parts)
 
     def num_rows(self, table: str) -> int:
+        """The table's rows as the manifests that committed its (verified) files record them: no file is
+        decompressed (reading every batch of a 1M-row pairs table took 1 s). A file the current run
+        wrote and has not committed yet is counted from its batches."""
+        from curate.verify import committed_files
+
+        listed = committed_files(self).get(table, {})
         total = 0
         for shard in self.shards(table):
+            if shard.name in listed:
+                total += listed[shard.name].rows
+                continue
             with ipc.open_file(pa.memory_map(str(shard))) as reader:
                 total += sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
         return total
