@@ -169,12 +169,9 @@ def _canonical(obj) -> str:
 
 def table_fingerprint(dataset: Dataset, table: str) -> str:
     """Hash of a table's shard names and checksums, taken from the manifests that recorded them."""
-    recorded: dict[str, str] = {}
-    runs = dataset.root / "runs"
-    for manifest in sorted(runs.glob("*/manifest.json")) if runs.is_dir() else []:
-        entry = json.loads(manifest.read_text()).get("tables", {}).get(table)
-        for shard in (entry or {}).get("shards", []):
-            recorded[shard["file"]] = shard["sha256"]
+    from curate.verify import committed_files
+
+    recorded = {name: listed.sha256 for name, listed in committed_files(dataset).get(table, {}).items()}
     parts = []
     for path in dataset.shards(table):
         parts.append((path.name, recorded.get(path.name) or file_sha256(path)))

@@ -66,7 +66,28 @@ def rebuild_command(ds: Dataset, stage: str) -> str:
     return f"the command that wrote stage {stage!r}"
 
 
+_PARSED: dict[str, tuple[tuple, list]] = {}  # manifest path -> (its stat stamp, its entries): parsed once per version
+
+
 def _manifest_entries(ds: Dataset, manifest: Path) -> list[Listed]:
+    """A committed manifest's file records, checked; parsed once per process and manifest version
+    (keyed by inode, size and mtime: a commit replaces the file). Every shard task of a stage asks
+    for them several times (each table it reads); at 1M pairs that was a quarter of a consensus task."""
+    try:
+        stat = manifest.stat()
+    except OSError:
+        stat = None
+    stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns) if stat else None
+    cached = _PARSED.get(str(manifest))
+    if stamp is not None and cached is not None and cached[0] == stamp:
+        return cached[1]
+    entries = _parse_manifest(ds, manifest)
+    if stamp is not None:
+        _PARSED[str(manifest)] = (stamp, entries)
+    return entries
+
+
+def _parse_manifest(ds: Dataset, manifest: Path) -> list[Listed]:
     stage = manifest.parent.name
     try:
         data = json.loads(manifest.read_text())
