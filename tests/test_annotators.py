@@ -260,3 +260,23 @@ def test_consensus_files_of_the_older_stage_are_named_with_the_fix(world, tmp_pa
     old.write_bytes(b"left by the one-pass annotators stage")
     result = runner.invoke(app, ["annotators", str(tmp_path / "ds")])
     assert result.exit_code == 2 and "annotators-00000.arrow" in result.output and "delete them" in result.output
+
+
+def test_consensus_refuses_first_pass_facts_out_of_step_with_the_pairs(world, tmp_path):
+    """The consensus pass reads what pass 1 stored for its shard; a partial of another length is refused, with the fix."""
+    import shutil
+
+    from curate.annotators.consensus import ConsensusStage
+    from curate.annotators.stage import JUDGEMENT_KEYS
+    from curate.partials import load_partial, save_partial
+    from curate.runner import partial_path, run_stage
+
+    root = tmp_path / "ds"
+    shutil.copytree(world / "ds", root)
+    cli("annotators", str(root))
+    path = partial_path(Dataset(root), "annotators", 0)
+    stored = load_partial(path)
+    save_partial(path, {k: v[:-1] if k in JUDGEMENT_KEYS else v for k, v in stored.items()}, "annotators")  # one judgement short
+    with pytest.raises(Exception, match=r"rerun `prefcurate annotators`") as error:
+        run_stage(ConsensusStage(), root)
+    assert "pass 1" in str(error.value) and "shard 0" in str(error.value)
