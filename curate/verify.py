@@ -76,15 +76,12 @@ def _manifest_entries(ds: Dataset, manifest: Path) -> list[Listed]:
     try:
         stat = manifest.stat()
     except OSError:
-        stat = None
-    stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns) if stat else None
+        return _parse_manifest(ds, manifest)  # its error names the file and the fix
+    stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
     cached = _PARSED.get(str(manifest))
-    if stamp is not None and cached is not None and cached[0] == stamp:
-        return cached[1]
-    entries = _parse_manifest(ds, manifest)
-    if stamp is not None:
-        _PARSED[str(manifest)] = (stamp, entries)
-    return entries
+    if cached is None or cached[0] != stamp:
+        cached = _PARSED[str(manifest)] = (stamp, _parse_manifest(ds, manifest))
+    return cached[1]
 
 
 def _parse_manifest(ds: Dataset, manifest: Path) -> list[Listed]:

@@ -4,7 +4,8 @@ Reads what pass 1 left for its shard (the judgements' keys, labels, authors and 
 scorers' raw margins: the annotators stage's stored partial, declared data, so the pairs are not
 hashed twice), the shard's pair and annotator ids, and the annotators stage's tables (the crowd
 model: image strengths per taste group, people's memberships, vote groups, signal scales), and
-writes that shard's consensus rows. The evidence about a judgement comes from everything but the judgement itself:
+writes that shard's consensus rows. The evidence about a judgement comes from everything but the
+judgement itself:
 - the majority taste's Bradley-Terry margin, this judgement's own pull removed (first order), on
   top of the scorers' calibrated log-odds (the prior margin that fit corrects, crowd.scorer_prior);
 - without a taste model, other people's votes on the same prompt and images plus the scorers'
@@ -67,8 +68,7 @@ class ConsensusStage(Stage):
 
 def first_pass_facts(dataset: Dataset, spec: dict, rows: int) -> tuple[dict, np.ndarray]:
     """The judgement columns and the scorers' raw margins (as float64) pass 1 stored for this shard."""
-    stage = AnnotatorsStage.name
-    facts = read_partial(dataset, stage, spec["shard"], [*JUDGEMENT_KEYS, "scorer_margins"])
+    facts = read_partial(dataset, AnnotatorsStage.name, spec["shard"], [*JUDGEMENT_KEYS, "scorer_margins"])
     if len(facts["sign"]) != rows:
         raise DatasetError(f"{spec['pairs']} has {rows} rows but pass 1 of `prefcurate annotators` stored "
                            f"{len(facts['sign'])} for it (shard {spec['shard']}); rerun `prefcurate annotators`")
